@@ -176,19 +176,32 @@ def _likely_cause(
             f"the step-0 loss is {measured} (not finite): look for NaN or inf in the inputs, "
             "a batch whose targets are all ignored (0/0), or an overflow in the model"
         )
-    if abs(measured - zero) <= allowed and abs(zero - expected) > allowed:
-        return (
+    # Constant outputs that explain the measurement: the nearest one wins.
+    explanations = [
+        (
+            zero,
             "the loss matches a zero output bias: the bias was not set (or was overwritten "
             "after initguard wrote it)"
             if not bias_set
-            else "the loss matches a zero output bias: the bias written is not the one in use"
+            else "the loss matches a zero output bias: the bias written is not the one in use",
         )
-    if doubled is not None and abs(measured - doubled) <= allowed:
-        return (
-            f"the loss matches outputs passed through {plan.activation} twice ({doubled:.6g}): "
-            "probabilities are fed to a loss that expects logits; remove the final "
-            f"{plan.activation} or use the loss that takes probabilities"
+    ]
+    if doubled is not None:
+        explanations.append(
+            (
+                doubled,
+                f"the loss matches outputs passed through {plan.activation} twice "
+                f"({doubled:.6g}): probabilities are fed to a loss that expects logits; remove "
+                f"the final {plan.activation} or use the loss that takes probabilities",
+            )
         )
+    candidates = [
+        (abs(measured - value), cause)
+        for value, cause in explanations
+        if abs(measured - value) <= allowed and abs(value - expected) > allowed
+    ]
+    if candidates:
+        return min(candidates)[1]
     if measured > expected:
         return (
             "the outputs vary far more around the bias than a fresh head should: final-layer "
