@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/lightning_digits.py
 	$(BIN)/python examples/keras_breast_cancer.py
 	$(BIN)/python examples/regression_diabetes.py
+	$(BIN)/python examples/lightning_char_lm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests examples
