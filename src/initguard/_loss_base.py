@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._errors import InvalidInputError
-from ._plan import Moments, Plan, check_bias, check_reduction
+from ._plan import REDUCTIONS, Moments, Plan, check_bias, check_reduction, show
 from ._stats import Stats
 
 LOSSES: dict[str, type[LossSpec]] = {}
@@ -31,21 +31,24 @@ class LossSpec:
     """A loss with its options: which statistics it needs and how to solve them.
 
     Subclasses define ``name``, ``activation``, ``new_stats``, ``width``,
-    ``optimal_bias`` and ``moments``. ``solve`` ties them together.
+    ``optimal_bias`` and ``moments``; a loss with its own reductions lists
+    them in ``reductions``. ``solve`` ties them together.
 
     Args:
-        reduction: "mean" or "sum". Defaults to "mean".
+        reduction: one of the loss's ``reductions`` ("mean" or "sum" unless
+            it says otherwise). Defaults to "mean".
         bias: a constant output fixed by hand instead of the optimum, or None.
     """
 
     name: ClassVar[str] = ""
     activation: ClassVar[str] = "identity"
+    reductions: ClassVar[tuple[str, ...]] = REDUCTIONS
 
     reduction: str = "mean"
     bias: Any = None
 
     def __post_init__(self) -> None:
-        check_reduction(self.reduction)
+        check_reduction(self.reduction, self.reductions)
 
     def new_stats(self) -> Stats:
         """Returns an empty accumulator for this loss's statistics."""
@@ -67,11 +70,17 @@ class LossSpec:
         """Returns the number of samples the statistics hold."""
         return int(stats.rows)
 
+    def fixed_bias(self, width: int) -> tuple[np.ndarray, str] | None:
+        """Returns a constant output fixed by hand and a note, or None for the optimum."""
+        bias = check_bias(self.bias, width)
+        return None if bias is None else (bias, "bias fixed by hand (not the optimum)")
+
     def solve(self, stats: Stats) -> Plan:
         """Computes the plan for accumulated statistics.
 
         Raises:
-            InvalidInputError: the statistics hold no usable sample.
+            InvalidInputError: the statistics are of the wrong kind or hold no
+                usable sample, or the plan would not be finite.
         """
         if not isinstance(stats, type(self.new_stats())):
             raise InvalidInputError(
@@ -85,21 +94,28 @@ class LossSpec:
             )
 
         width = self.width(stats)
-        notes: list[str] = []
-        fixed = check_bias(self.bias, width)
-        if fixed is None:
-            bias, notes = self.optimal_bias(stats)
-        else:
-            bias = fixed
-            notes.append("bias fixed by hand (not the optimum)")
-
-        at_bias = self.moments(stats, bias)
-        at_zero = self.moments(stats, np.zeros(width))
-        for label, value in (("bias", bias), ("expected loss", np.asarray(at_bias.mean))):
+        # Overflow in a hostile input shows up as a non-finite result, which
+        # is checked below; numpy's warnings would only repeat it.
+        with np.errstate(all="ignore"):
+            fixed = self.fixed_bias(width)
+            if fixed is None:
+                bias, notes = self.optimal_bias(stats)
+            else:
+                bias, notes = fixed[0], [fixed[1]]
+            at_bias = self.moments(stats, bias)
+            at_zero = self.moments(stats, np.zeros(width))
+        results = (
+            ("bias", np.asarray(bias)),
+            ("expected loss", at_bias.mean),
+            ("zero-bias loss", at_zero.mean),
+            ("loss spread", at_bias.std),
+            ("summed-loss spread", at_bias.sum_std),
+        )
+        for label, value in results:
             if not np.all(np.isfinite(value)):
                 raise InvalidInputError(
-                    f"The plan for loss {self.name!r} is not finite ({label} {value!r}); "
-                    "check the targets and options."
+                    f"The plan for loss {self.name!r} is not finite ({label} {show(value)}): "
+                    "`targets` or the options are too large or degenerate."
                 )
 
         return Plan(
@@ -130,19 +146,20 @@ def make_loss(loss: str | LossSpec, **options: Any) -> LossSpec:
         InvalidInputError: unknown loss name or option, or an invalid value.
     """
     if isinstance(loss, LossSpec):
-        return dataclasses.replace(loss, **options) if options else loss
-    if not isinstance(loss, str) or loss not in LOSSES:
-        raise InvalidInputError(
-            f"`loss` must be one of {sorted(LOSSES)}; received {loss!r}."
-        )
+        cls: type[LossSpec] = type(loss)
+    elif isinstance(loss, str) and loss in LOSSES:
+        cls = LOSSES[loss]
+    else:
+        raise InvalidInputError(f"`loss` must be one of {sorted(LOSSES)}; received {loss!r}.")
 
-    cls = LOSSES[loss]
     allowed = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise InvalidInputError(
-            f"Unknown option(s) {unknown} for loss {loss!r}; allowed: {allowed}."
+            f"Unknown option(s) {unknown} for loss {cls.name!r}; allowed: {allowed}."
         )
+    if isinstance(loss, LossSpec):
+        return dataclasses.replace(loss, **options) if options else loss
     return cls(**options)
 
 
