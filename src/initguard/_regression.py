@@ -188,7 +188,10 @@ class RegressionLoss(LossSpec):
     def solve(self, stats: Stats) -> Plan:
         if isinstance(stats, ValueStats):
             self.check_targets(stats.values)
-        plan = super().solve(stats)
+        # Targets near float64's limits overflow in the optimum or the loss;
+        # the base rejects what comes out inf or NaN with a clear error.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            plan = super().solve(stats)
         if plan.activation != self.output_activation():
             plan = dataclasses.replace(plan, activation=self.output_activation())
         return plan
@@ -197,7 +200,10 @@ class RegressionLoss(LossSpec):
         # A row is one unit: torch's mean runs over every element, which for
         # K outputs per row equals the mean over rows of the row means, and a
         # summed loss adds K elements per row.
-        losses = self.elementwise(stats.values, np.asarray(bias, dtype=np.float64))
+        # A loss outside its domain (a hand-fixed bias that overflows, say)
+        # comes out as inf or NaN, for ``solve`` to reject.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            losses = self.elementwise(stats.values, np.asarray(bias, dtype=np.float64))
         per_row = losses.mean(axis=1)
         outputs = self.outputs(stats)
         std = safe_std(float(per_row.var()))
@@ -406,8 +412,9 @@ class PoissonNLL(RegressionLoss):
 
     def check_targets(self, values: np.ndarray) -> None:
         if values.size and values.min() < 0:
+            lowest = float(values.min())
             raise InvalidInputError(
-                f"Poisson `targets` are counts and must be >= 0; received {values.min()!r}."
+                f"Poisson `targets` are counts and must be >= 0; received {lowest!r}."
             )
 
     def elementwise(self, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -415,8 +422,7 @@ class PoissonNLL(RegressionLoss):
             loss = np.exp(bias) - values * bias
         else:
             rate = _activate(self.activation, bias)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                loss = rate - values * np.log(rate + self.eps)
+            loss = rate - values * np.log(rate + self.eps)
         if self.full:
             counted = np.where(values > 1, values, 1.0)
             stirling = counted * np.log(counted) - counted + 0.5 * np.log(2 * math.pi * counted)

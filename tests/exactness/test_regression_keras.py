@@ -212,6 +212,6 @@ def test_poisson_floors_an_all_zero_output_under_keras() -> None:
     ),
     st.sampled_from([0, 1, 2, 4, 8]),
 )
-def test_random_log_cosh_and_huber_problems_match_keras(values: list[float], index: int) -> None:
+def test_random_location_problems_match_keras(values: list[float], index: int) -> None:
     loss, options, activation, factory = CASES[index]
     assert_matches_keras(loss, options, activation, factory, np.array(values))
