@@ -185,7 +185,7 @@ class InitGuard(Callback):
         self._check_first_batch(trainer, pl_module, outputs, batch)
 
     @override
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._pending:
             return
         self._pending = False
@@ -220,7 +220,12 @@ class InitGuard(Callback):
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Plans the bias from the reduced statistics and writes it."""
         choice = self._resolve_loss(pl_module)
-        loader = self._train_loader(trainer) if self._needs_loader() else None
+        loader = None
+        if self._needs_loader():
+            loader = self._train_loader(trainer)
+            if loader is None:
+                self._skip(trainer, "no training batch will run, so there is nothing to plan")
+                return
         head = self._find_head(trainer, pl_module, loader)
         spec = self._make_spec(choice, head)
         self._head_name = head.name if head is not None else ""
@@ -266,6 +271,8 @@ class InitGuard(Callback):
         # here (once) gives the same loader, with any distributed sampler.
         trainer.fit_loop.setup_data()
         loader = trainer.train_dataloader
+        if loader is None:
+            return None
         if not isinstance(loader, torch.utils.data.DataLoader):
             raise InvalidInputError(
                 "initguard reads targets from a single training DataLoader; received "
@@ -305,7 +312,7 @@ class InitGuard(Callback):
         else:
             batch = _targets.first_rows(loader)
             if batch is None:
-                with torch.random.fork_rng(devices=[]):
+                with _targets.untouched_randomness(loader):
                     batch = next(iter(loader))
             args, kwargs = _targets.inputs_of_batch(batch)
 

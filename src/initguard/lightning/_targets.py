@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,44 @@ def inputs_of_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     )
 
 
+def _generators(root: Any, depth: int = 4) -> list[torch.Generator]:
+    """The torch generators a loader, its samplers and their wrappers hold."""
+    found: list[torch.Generator] = []
+    seen: set[int] = set()
+    stack = [(root, 0)]
+    while stack:
+        obj, level = stack.pop()
+        if id(obj) in seen or level > depth:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Generator):
+            found.append(obj)
+            continue
+        module = type(obj).__module__
+        if not (module.startswith(("torch.utils.data", "lightning", "pytorch_lightning"))):
+            continue
+        stack.extend((value, level + 1) for value in vars(obj).values())
+    return found
+
+
+@contextlib.contextmanager
+def untouched_randomness(loader: Any) -> Iterator[None]:
+    """Restores torch's global generator and the loader's own generators on exit.
+
+    Drawing one epoch of indices (or one batch) advances the generators the
+    loader shuffles with; restoring them means training sees exactly the
+    order it would have seen without initguard.
+    """
+    generators = _generators(loader)
+    states = [g.get_state() for g in generators]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            for generator, state in zip(generators, states):
+                generator.set_state(state)
+
+
 def first_rows(loader: DataLoader[Any]) -> Any | None:
     """The first two rows of a TensorDataset as a batch, without iterating the loader."""
     dataset = loader.dataset
@@ -77,8 +116,8 @@ def first_rows(loader: DataLoader[Any]) -> Any | None:
 def epoch_indices(loader: DataLoader[Any]) -> list[int] | None:
     """The dataset indices one epoch of the loader visits, in its sampler's order.
 
-    A random sampler draws from torch's global generator, so its state is
-    restored afterwards: training sees exactly the draws it would have seen.
+    The generators a random sampler draws from are restored afterwards, so
+    training sees exactly the draws it would have seen.
     Weighted and distributed samplers are honoured (oversampling, the rank's
     shard and its padding), so the statistics describe what the model trains on.
     """
@@ -87,7 +126,7 @@ def epoch_indices(loader: DataLoader[Any]) -> list[int] | None:
     source: Iterable[Any] = (
         loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
     )
-    with torch.random.fork_rng(devices=[]):
+    with untouched_randomness(loader):
         indices: list[int] = []
         for item in source:
             if isinstance(item, (list, tuple)):
@@ -212,7 +251,7 @@ def _pass_over_loader(
     """The last resort: iterate the loader and keep only the target part of each batch."""
     batches = 0
     truncated = False
-    with torch.random.fork_rng(devices=[]):
+    with untouched_randomness(loader):
         iterator = iter(loader)
         for batch in itertools.islice(iterator, max_batches + 1):
             if batches == max_batches:
