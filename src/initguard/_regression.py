@@ -473,7 +473,9 @@ class GaussianNLL(RegressionLoss):
     ``variance_activation``). The optimum is ``m = mean(y)`` and
     ``v = var(y)`` (population variance, at least ``eps``); the loss is then
     ``0.5 (log v + 1)`` per output when ``var(y) >= eps``. The plan's
-    ``activation`` reads ``"identity+<variance_activation>"``.
+    ``activation`` reads ``"identity+<variance_activation>"``. A single
+    variance output shared by all K targets (torch's homoscedastic shapes)
+    is not supported yet.
 
     Args:
         full: add the constant ``0.5 log(2 pi)``. Defaults to False.

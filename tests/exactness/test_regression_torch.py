@@ -249,6 +249,18 @@ def test_poisson_matches_torch(
     assert_matches_torch(loss, options, _count_targets(kind, shape, rng))
 
 
+@pytest.mark.parametrize(
+    ("loss", "options", "targets"),
+    [
+        ("mse", {}, [100000.0, 150000.0, 200000.0, 250000.0, 300000.0]),
+        ("l1", {}, [100000.0, 150000.0, 200000.0, 250000.0, 300000.0]),
+        ("huber", {"delta": 1.0}, [0.0, 0.0, 0.0, 0.0, 10.0]),
+    ],
+)
+def test_field_cases_match_torch(loss: str, options: dict[str, Any], targets: list[float]) -> None:
+    assert_matches_torch(loss, options, np.array(targets))
+
+
 def test_torch_clamps_gaussian_variance_where_the_plan_floors_it() -> None:
     # Constant targets: the best variance is 0, which torch clamps to eps.
     targets = np.full((5, 2), 4.0)
