@@ -141,6 +141,7 @@ class InitGuard(Callback):
         self._bias_set = False
         self._head_name = ""
         self._notes: list[str] = []
+        self._width_is_classes = False
 
     @property
     def report(self) -> Report | None:
@@ -229,9 +230,11 @@ class InitGuard(Callback):
         head = self._find_head(trainer, pl_module, loader)
         spec = self._make_spec(choice, head)
         self._head_name = head.name if head is not None else ""
-
-        stats = self._gather(trainer, self._local_stats(spec, loader))
         context = f"loss {choice.source}" + (f", layer {head.name!r}" if head else "")
+        if head is not None and spec.name == "cross_entropy" and self._width_is_classes:
+            context += f", num_classes={head.width} from the layer's outputs"
+
+        stats = self._gather(trainer, self._local_stats(spec, loader), context)
         try:
             plan = self._guard.solve(spec, stats)
         except InvalidInputError as error:
@@ -334,6 +337,7 @@ class InitGuard(Callback):
     def _make_spec(self, choice: LossChoice, head: _layers.Head | None) -> LossSpec:
         extra = dict(self._loss_options)
         spec = choice.spec(extra)
+        self._width_is_classes = False
         # Softmax losses get one class per output unit, so never-seen classes
         # at the end of the range still get a (floored) bias.
         if (
@@ -342,6 +346,7 @@ class InitGuard(Callback):
             and getattr(spec, "num_classes", None) is None
         ):
             spec = choice.spec({**extra, "num_classes": head.width})
+            self._width_is_classes = True
         return spec
 
     def _local_stats(self, spec: LossSpec, loader: Any) -> Stats | str:
@@ -361,7 +366,7 @@ class InitGuard(Callback):
             return str(error)
         return stats
 
-    def _gather(self, trainer: Trainer, local: Stats | str) -> Stats:
+    def _gather(self, trainer: Trainer, local: Stats | str, context: str) -> Stats:
         """Merges every process's statistics in rank order (the same on every rank)."""
         world = trainer.world_size
         if world > 1 and self._targets is None and dist.is_available() and dist.is_initialized():
@@ -374,7 +379,9 @@ class InitGuard(Callback):
         # Every rank raises together, so none is left waiting in a collective.
         errors = [p for p in parts if isinstance(p, str)]
         if errors:
-            raise InvalidInputError(f"initguard could not read the training targets: {errors[0]}")
+            raise InvalidInputError(
+                f"initguard ({context}) could not use the training targets: {errors[0]}"
+            )
         merged = parts[0]
         for part in parts[1:]:
             merged = merged.merge(part)
