@@ -97,7 +97,7 @@ def test_parameter_applied_outside_a_module_is_not_mistaken_for_the_head():
     net = nn.ModuleDict({"body": nn.Linear(8, 4)})
     model = Module(net, nn.BCEWithLogitsLoss(), lambda s, x: (s.net["body"](x) @ s.w)[:, 0])
     model.w = nn.Parameter(torch.ones(4, 1))
-    with pytest.raises(InvalidInputError, match="parameter used outside any module.*`layer=`"):
+    with pytest.raises(InvalidInputError, match=r"parameter used outside any module.*`layer=`"):
         run(model, InitGuard())
 
 
@@ -110,7 +110,7 @@ def test_unknown_layer_name_lists_the_candidates():
 def test_forward_returning_a_tuple_asks_for_layer():
     net = nn.Linear(8, 1)
     model = Module(net, nn.BCEWithLogitsLoss(), lambda s, x: (s.net(x)[:, 0], x))
-    with pytest.raises(InvalidInputError, match="returned tuple.*pass `layer=`"):
+    with pytest.raises(InvalidInputError, match=r"returned tuple.*pass `layer=`"):
         run(model, InitGuard())
 
 
@@ -121,7 +121,7 @@ def test_head_without_bias(set_bias):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     guard = InitGuard(set_bias=set_bias)
     if set_bias:
-        with pytest.raises(InvalidInputError, match="'head' .*has no bias.*set_bias=False"):
+        with pytest.raises(InvalidInputError, match=r"'head' .*has no bias.*set_bias=False"):
             run(model, guard)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     else:
@@ -168,7 +168,7 @@ def test_weight_tied_head_errors_or_checks_only():
     torch.manual_seed(0)
     model = TiedLM()
     keys = shapes(model)
-    with pytest.raises(InvalidInputError, match="'out' \\(Linear\\) has no bias.*tied"):
+    with pytest.raises(InvalidInputError, match=r"'out' \(Linear\) has no bias.*tied"):
         run(model, InitGuard(), loader=token_data())
 
     guard = InitGuard(set_bias=False)
@@ -246,7 +246,7 @@ def test_bias_in_a_buffer_is_written_only_when_allowed(allow_buffer):
     model = Module(BufferBias(), nn.BCEWithLogitsLoss(), lambda s, x: s.net(x)[:, 0])
     guard = InitGuard(allow_buffer=allow_buffer)
     if not allow_buffer:
-        with pytest.raises(InvalidInputError, match="is a buffer.*allow_buffer=True"):
+        with pytest.raises(InvalidInputError, match=r"is a buffer.*allow_buffer=True"):
             run(model, guard)
         assert model.net.bias.item() == 0.0
         return
@@ -263,7 +263,7 @@ def test_more_classes_in_the_data_than_outputs_fails_before_any_write():
     before = model.head.bias.detach().clone()
     with pytest.raises(
         InvalidInputError,
-        match="layer 'head', num_classes=4 from the layer's outputs.*< num_classes=4; received",
+        match=r"layer 'head', num_classes=4 from the layer's outputs.*< num_classes=4; received",
     ):
         run(model, InitGuard(), kit.loader(x, y))
     assert torch.equal(model.head.bias, before)
@@ -275,7 +275,7 @@ def test_binary_outputs_must_match_the_target_columns():
     x = torch.tensor(rng.normal(size=(128, 8)).astype(np.float32))
     model = kit.Net(8, 2, nn.BCEWithLogitsLoss())
     before = model.head.bias.detach().clone()
-    with pytest.raises(InvalidInputError, match="layer has 2 outputs but the targets.*imply 3"):
+    with pytest.raises(InvalidInputError, match=r"layer has 2 outputs but the targets.*imply 3"):
         run(model, InitGuard(), kit.loader(x, y))
     assert torch.equal(model.head.bias, before)
 
@@ -324,7 +324,7 @@ def test_example_input_array_traces_a_model_fed_dict_batches():
     torch.manual_seed(0)
     model = DictNet(8, 1, nn.BCEWithLogitsLoss(), squeeze=True)
     with pytest.raises(
-        InvalidInputError, match="inputs in a batch of type dict.*example_input_array"
+        InvalidInputError, match=r"inputs in a batch of type dict.*example_input_array"
     ):
         run(model, InitGuard(), DataLoader(DictRows(x, y), batch_size=64))
 

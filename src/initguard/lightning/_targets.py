@@ -101,7 +101,7 @@ def untouched_randomness(loader: Any) -> Iterator[None]:
         try:
             yield
         finally:
-            for generator, state in zip(generators, states):
+            for generator, state in zip(generators, states, strict=True):
                 generator.set_state(state)
 
 
