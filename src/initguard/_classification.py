@@ -774,7 +774,8 @@ class SigmoidFocal(_SigmoidLoss):
     def optimal_bias(self, stats: BinaryStats) -> tuple[np.ndarray, list[str]]:
         self._require_binary(stats)
         rates = stats.sums / stats.samples
-        inner = (rates > 0) & (rates < 1)
+        # Smoothed targets are never exactly 0 or 1, so every optimum is finite.
+        inner = ((rates > 0) & (rates < 1)) | (self.label_smoothing > 0)
 
         # A coarse grid finds the basin; bisection on the derivative between
         # the grid neighbours of the best point then pins the minimum down.
