@@ -249,6 +249,13 @@ class InitGuard(keras.callbacks.Callback):
                     f"`targets` for {loss.display} must be one-hot or probability rows shaped "
                     f"[N, ..., classes]; received shape {self._targets.shape}."
                 )
+            if targets.shape[-1] != head.width:
+                raise InvalidInputError(
+                    f"initguard.keras (loss {loss.display}, targets shaped "
+                    f"{self._targets.shape}): the targets imply {targets.shape[-1]} outputs but "
+                    f"layer {head.name!r} has {head.width}; the output width must match the "
+                    "number of classes."
+                )
             return targets
         if targets.ndim == 1 or (head.width == 1 and targets.shape[-1] != 1):
             # One output: Keras compares [N, ...] targets with [N, ..., 1] outputs.
