@@ -148,7 +148,7 @@ class ClassStats:
                 raise InvalidInputError(
                     "Class-index `targets` must be whole numbers (probability rows need at "
                     "least two dimensions and num_classes entries along `class_axis`="
-                    f"{self.class_axis}); received {labels[fractional][0]!r} in shape "
+                    f"{self.class_axis}); received {labels[fractional][0].item()!r} in shape "
                     f"{array.shape}."
                 )
         if self.ignore_index is not None:
@@ -162,7 +162,7 @@ class ClassStats:
         if labels.size and labels.min() < 0:
             raise InvalidInputError(
                 f"Class-index `targets` must be >= 0 (or equal ignore_index="
-                f"{self.ignore_index}); received {labels.min()!r}."
+                f"{self.ignore_index}); received {labels.min().item()!r}."
             )
         if labels.size and labels.max() >= limit:
             rule = (
@@ -171,7 +171,7 @@ class ClassStats:
                 else f"< {MAX_INFERRED_CLASSES} unless `num_classes` is given"
             )
             raise InvalidInputError(
-                f"Class-index `targets` must be {rule}; received {labels.max()!r}."
+                f"Class-index `targets` must be {rule}; received {labels.max().item()!r}."
             )
 
         counts = np.bincount(labels.astype(np.int64), minlength=self.mass.shape[0])
@@ -200,12 +200,14 @@ class ClassStats:
         if self.log_targets:
             if rows.max() > 0:
                 raise InvalidInputError(
-                    f"Log-probability `targets` must be <= 0; received {rows.max()!r}."
+                    f"Log-probability `targets` must be <= 0; received {rows.max().item()!r}."
                 )
             rows = np.exp(rows)
         elif rows.min() < 0 or rows.max() > 1:
             bad = rows[(rows < 0) | (rows > 1)][0]
-            raise InvalidInputError(f"Probability `targets` must lie in [0, 1]; received {bad!r}.")
+            raise InvalidInputError(
+                f"Probability `targets` must lie in [0, 1]; received {bad.item()!r}."
+            )
         if self.target_floor > 0:
             rows = np.clip(rows, self.target_floor, 1.0)
         if width > MAX_CLASSES:
@@ -322,7 +324,9 @@ class BinaryStats:
         array = array.astype(np.float64)
         if array.min() < 0 or array.max() > 1:
             bad = array[(array < 0) | (array > 1)][0]
-            raise InvalidInputError(f"Binary `targets` must lie in [0, 1]; received {bad!r}.")
+            raise InvalidInputError(
+                f"Binary `targets` must lie in [0, 1]; received {bad.item()!r}."
+            )
         if self.samples and array.shape[1] != self.sums.shape[0]:
             raise InvalidInputError(
                 f"Binary `targets` changed width from {self.sums.shape[0]} to {array.shape[1]}."

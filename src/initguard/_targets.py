@@ -67,5 +67,5 @@ def require_finite(array: np.ndarray, name: str = "targets") -> None:
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise InvalidInputError(
-            f"`{name}` must be finite; received {array[index]!r} at index {index}."
+            f"`{name}` must be finite; received {array[index].item()!r} at index {index}."
         )
