@@ -196,7 +196,7 @@ def test_probability_loss_on_a_linear_output_fails_at_fit_start() -> None:
     model = _mlp(4, 3)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     guard = InitGuard([0, 1, 2, 1])
-    with pytest.raises(InvalidInputError, match="expects probabilities.*activation 'linear'"):
+    with pytest.raises(InvalidInputError, match=r"expects probabilities.*activation 'linear'"):
         _fit(model, np.zeros((4, 4), "float32"), np.array([0, 1, 2, 1]), guard)
 
 
@@ -425,7 +425,7 @@ def test_unbuilt_subclassed_model_needs_an_input_shape() -> None:
 
     model = OneHead()
     model.compile(optimizer="sgd", loss=loss)
-    with pytest.raises(InvalidInputError, match="not built when training begins.*input_shape"):
+    with pytest.raises(InvalidInputError, match=r"not built when training begins.*input_shape"):
         _fit(model, features, labels, InitGuard(labels))
 
     model = OneHead()
@@ -458,7 +458,7 @@ def test_head_without_bias_errors_or_checks_only() -> None:
     features, labels = _rare(3, rate=0.3)
     model = _mlp(8, 1, "sigmoid", use_bias=False)
     model.compile(optimizer="sgd", loss="binary_crossentropy")
-    with pytest.raises(InvalidInputError, match="has no bias .*set_bias=False"):
+    with pytest.raises(InvalidInputError, match=r"has no bias .*set_bias=False"):
         _fit(model, features, labels, InitGuard(labels))
 
     names = [w.path for w in model.weights]
@@ -537,7 +537,7 @@ def test_unknown_layer_name_lists_the_candidates() -> None:
     model.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     guard = InitGuard(np.eye(2, dtype="float32")[[0, 1]], layer="nope")
     guard.set_model(model)
-    with pytest.raises(InvalidInputError, match="`layer` 'nope' is not a layer.*'head'"):
+    with pytest.raises(InvalidInputError, match=r"`layer` 'nope' is not a layer.*'head'"):
         guard.on_train_begin()
 
 
@@ -546,5 +546,5 @@ def test_loss_weights_are_refused() -> None:
     model.compile(optimizer="sgd", loss="mse", loss_weights=2.0)
     guard = InitGuard([1.0, 2.0])
     guard.set_model(model)
-    with pytest.raises(InvalidInputError, match="loss_weights=2.0"):
+    with pytest.raises(InvalidInputError, match=r"loss_weights=2\.0"):
         guard.on_train_begin()
