@@ -200,6 +200,18 @@ def test_probability_loss_on_a_linear_output_fails_at_fit_start() -> None:
         _fit(model, np.zeros((4, 4), "float32"), np.array([0, 1, 2, 1]), guard)
 
 
+def test_a_nan_step0_loss_never_passes() -> None:
+    features, labels = _breast_cancer()
+    model = _mlp(features.shape[1], 1)
+    head = model.get_layer("head")
+    # A broken head (say, a diverged checkpoint) makes every output NaN.
+    head.kernel.assign(np.full(head.kernel.shape, np.nan, dtype="float32"))
+    model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    guard = InitGuard(labels, strict=True)
+    with pytest.raises(InitLossError, match="not finite"):
+        _fit(model, features, labels, guard, shuffle=False)
+
+
 # Strictness.
 
 

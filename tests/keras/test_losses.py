@@ -66,6 +66,8 @@ CASES: list[Case] = [
      lambda r: _binary(r, (300,), 0.05)),
     ("binary-multilabel-smoothing", L.BinaryCrossentropy(label_smoothing=0.2), "sigmoid", 3,
      (3,), lambda r: _binary(r, (300, 3), 0.2)),
+    ("binary-map", L.BinaryCrossentropy(from_logits=True), "linear", 1, (4, 4, 2),
+     lambda r: _binary(r, (20, 4, 4, 1), 0.15)),
     ("binary-string", "binary_crossentropy", "sigmoid", 1, (3,),
      lambda r: _binary(r, (300, 1), 0.3)),
     ("binary-focal-balanced", L.BinaryFocalCrossentropy(
@@ -232,4 +234,13 @@ def test_poisson_needs_a_positive_rate_activation() -> None:
     guard = InitGuard(np.ones(10, dtype="float32"))
     guard.set_model(model)
     with pytest.raises(InvalidInputError, match="Poisson needs a positive rate"):
+        guard.on_train_begin()
+
+
+def test_targets_that_are_all_ignored_are_rejected() -> None:
+    model = _model("linear", 3, (2,))
+    model.compile(optimizer="sgd", loss=L.SparseCategoricalCrossentropy(True, ignore_class=1))
+    guard = InitGuard(np.ones(16, dtype="int64"))
+    guard.set_model(model)
+    with pytest.raises(InvalidInputError, match="no usable sample"):
         guard.on_train_begin()
