@@ -150,6 +150,20 @@ class RankRecorder(lp.Callback):
     def on_fit_start(self, trainer: lp.Trainer, pl_module: lp.LightningModule) -> None:
         self._start_bias = pl_module.head.bias.detach().clone()
 
+    def on_train_start(self, trainer: lp.Trainer, pl_module: lp.LightningModule) -> None:
+        # The rows this rank trains on in the first epoch (a distributed
+        # sampler's order depends only on its seed and epoch).
+        batches = trainer.train_dataloader.batch_sampler
+        self._indices = [int(i) for batch in batches for i in batch]
+
+    def on_train_batch_start(
+        self, trainer: lp.Trainer, pl_module: lp.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Written at once: a rank that went on past a failed check would
+        # leave its next batch here before blocking in a collective.
+        with (Path(self.folder) / f"rank{trainer.global_rank}.batches").open("a") as handle:
+            handle.write(f"{batch_idx}\n")
+
     def teardown(self, trainer: lp.Trainer, pl_module: lp.LightningModule, stage: str) -> None:
         logging.getLogger("initguard").removeHandler(self._handler)
         self._catcher.__exit__(None, None, None)
@@ -166,5 +180,6 @@ class RankRecorder(lp.Callback):
             "report": guard.report.to_dict() if guard.report is not None else None,
             "warnings": [str(w.message) for w in self._caught if "initguard" in str(w.message)],
             "logs": self._records,
+            "indices": self._indices,
         }
         (Path(self.folder) / f"rank{rank}.json").write_text(json.dumps(record))
