@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -346,6 +347,35 @@ def test_double_precision_bias_written_in_float64():
     plan = initguard.plan(data.dataset.tensors[1].numpy(), "binary_cross_entropy")
     assert snapshot.at_start["head.bias"].dtype == torch.float64
     assert snapshot.at_start["head.bias"].item() == plan.bias[0]
+
+
+def test_bf16_parameters_get_a_bf16_bias():
+    model, data = binary_setup(seed=5)
+    snapshot = kit.Snapshot()
+    guard = InitGuard()
+    fit(model, data, guard, precision="bf16-true", callbacks=[guard, snapshot])
+    plan = initguard.plan(data.dataset.tensors[1].numpy(), "binary_cross_entropy")
+    bias = snapshot.at_start["head.bias"]
+    assert bias.dtype == torch.bfloat16
+    assert bias.item() == torch.tensor(plan.bias[0]).to(torch.bfloat16).item()
+    assert guard.report.verdict is Verdict.PASS
+
+
+def test_weights_loaded_by_hand_are_kept_with_set_bias_false():
+    trained, data = binary_setup(seed=6)
+    fit(trained, data, InitGuard(), max_steps=12)
+    torch.manual_seed(99)
+    fresh = kit.Net(8, 1, nn.BCEWithLogitsLoss(), squeeze=True)
+    fresh.load_state_dict(trained.state_dict())
+    guard, snapshot = InitGuard(set_bias=False), kit.Snapshot()
+    with warnings.catch_warnings():
+        # A trained model may sit below the constant-output loss; that is not the point here.
+        warnings.simplefilter("ignore", InitLossWarning)
+        fit(fresh, data, guard, callbacks=[guard, snapshot])
+    for key, value in trained.state_dict().items():
+        assert torch.equal(snapshot.at_start[key], value), key
+    assert not guard.report.bias_set
+    assert "bias not written: set_bias=False (check only)" in guard.report.notes
 
 
 def test_fast_dev_run_and_sanity_validation():

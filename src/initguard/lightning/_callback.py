@@ -142,6 +142,7 @@ class InitGuard(Callback):
         self._head_name = ""
         self._notes: list[str] = []
         self._width_is_classes = False
+        self.restored_report: dict[str, Any] | None = None
 
     @property
     def report(self) -> Report | None:
