@@ -119,6 +119,46 @@ def test_regression_with_widely_varying_errors_passes(seed: int) -> None:
     assert report.zero_bias_loss is not None and report.zero_bias_loss > 1e5
 
 
+def test_sequence_outputs_count_every_position() -> None:
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(96, 10, 4)).astype("float32")
+    tokens = rng.choice(6, size=(96, 10), p=[0.4, 0.3, 0.15, 0.1, 0.04, 0.01])
+    values = rng.gamma(2.0, 50.0, size=(96, 10)).astype("float32")
+    cases = [
+        (tokens, 6, keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        (values, 1, "mse"),
+    ]
+    for targets, width, loss in cases:
+        model = keras.Sequential(
+            [
+                keras.Input((10, 4)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(width, name="head"),
+            ]
+        )
+        model.compile(optimizer="sgd", loss=loss)
+        guard = InitGuard(targets, strict=True)
+        _fit(model, features, targets, guard)
+        report = guard.report
+        assert report is not None and report.verdict is Verdict.PASS, report
+        assert report.batch_size == 32
+        assert guard.plan is not None and guard.plan.units_per_row == 10
+
+
+def test_sequential_without_input_is_built_from_input_shape() -> None:
+    keras.utils.set_random_seed(0)
+    features, labels = _breast_cancer()
+    model = keras.Sequential(
+        [keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, name="head")]
+    )
+    model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    guard = InitGuard(labels, input_shape=(features.shape[1],), strict=True)
+    _fit(model, features, labels, guard)
+    assert guard.report is not None and guard.report.verdict is Verdict.PASS
+    assert guard.report.layer == "head" and guard.report.bias_set
+
+
 # Fires on real faults, and the same set-up without the fault passes.
 
 

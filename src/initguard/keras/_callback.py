@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,8 +39,9 @@ class InitGuard(keras.callbacks.Callback):
     The check costs nothing after the first batch and overrides no
     batch-end hook, so Keras keeps its asynchronous batch dispatch. The
     step-0 loss is read from the model's ``loss`` metric when the second
-    batch begins (after one batch it holds exactly that batch's loss) or,
-    for a one-batch epoch, when validation or the epoch ends.
+    batch begins (after one batch it holds exactly that batch's loss,
+    regularisation included, and the number of rows it saw) or, for a
+    one-batch epoch, when validation or the epoch ends.
 
     The metrics ``initguard/expected_loss``, ``initguard/step0_loss`` and
     ``initguard/deviation`` are added to the logs of the first epoch, so
@@ -55,13 +57,17 @@ class InitGuard(keras.callbacks.Callback):
         first batch alone, so the bias is written but the check is skipped
         (the report says so). A model whose optimizer has already taken
         steps (trained before, or restored) keeps its bias and is not
-        checked.
+        checked. Models with one output and one compiled loss are
+        supported; ``loss_weights`` other than 1 are refused. The TensorFlow
+        and torch backends are tested; where a backend does not update the
+        loss metric batch by batch, the check reports SKIPPED and why.
 
     Args:
-        targets: the training targets exactly as given to ``fit`` (class
-            indices, one-hot or probability rows, 0/1 labels or values;
-            numpy, list or tensor). A Keras callback cannot see the data
-            given to ``fit``, so they must be passed here.
+        targets: the training targets as given to ``fit`` (class indices,
+            one-hot or probability rows, 0/1 labels or values, dense
+            ``[N, ..., classes]`` included; numpy, list or tensor), without
+            any part ``validation_split`` holds out. A Keras callback cannot
+            see the data given to ``fit``, so they must be passed here.
         loss: the loss to plan for when ``model.loss`` cannot be read (a
             custom function): a Keras loss object, a Keras loss string, a
             core loss name or an ``initguard.make_loss(...)`` description.
@@ -291,6 +297,10 @@ class InitGuard(keras.callbacks.Callback):
             plan = self._guard.solve(spec, spec.new_stats().update(targets))
         except InvalidInputError as error:
             raise InvalidInputError(f"initguard.keras ({context}): {error}") from None
+        if self._positions > 1:
+            # Regression statistics hold one row per position; a batch row holds several.
+            plan = dataclasses.replace(plan, units_per_row=float(self._positions))
+            self._guard.plan = plan
         if head.width is not None and plan.bias.shape[0] != head.width:
             raise InvalidInputError(
                 f"initguard.keras ({context}): the targets imply {plan.bias.shape[0]} outputs "
@@ -370,7 +380,7 @@ class InitGuard(keras.callbacks.Callback):
         assert self._head is not None
         self._guard.conclude(
             step0,
-            max(round(rows), 1) * self._positions,
+            max(round(rows), 1),
             penalty=self._penalty,
             bias_set=self._bias_set,
             layer=self._head.name,
