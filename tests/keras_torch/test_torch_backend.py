@@ -162,3 +162,25 @@ def test_async_batch_dispatch_stays_on() -> None:
     recorder = RecordThreads()
     model.fit(features, labels, batch_size=64, verbose=0, callbacks=[Blocking(), recorder])
     assert set(recorder.threads) == {threading.get_ident()}
+
+
+def test_weight_regularisation_is_accounted_on_torch() -> None:
+    keras.utils.set_random_seed(0)
+    features, labels = _data(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(
+                16, activation="relu", kernel_regularizer=keras.regularizers.L2(1.0)
+            ),
+            keras.layers.Dense(1, name="head"),
+        ]
+    )
+    model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    guard = InitGuard(labels, strict=True)
+    model.fit(features, labels, batch_size=64, epochs=1, verbose=0, callbacks=[guard])
+    report = guard.report
+    assert report is not None and report.verdict is Verdict.PASS, report
+    assert guard.plan is not None and report.expected_loss is not None
+    penalty = report.expected_loss - guard.plan.expected_loss
+    assert report.tolerance is not None and penalty > report.tolerance

@@ -76,18 +76,15 @@ def _huber_delta(loss: Any) -> float:
             loss(np.zeros((1, 1), dtype="float32"), np.full((1, 1), error, dtype="float32"))
         )
     )
-    if loss.reduction == "sum" or loss.reduction in _MEAN_REDUCTIONS:
-        if value >= error**2 / 2:
-            raise InvalidInputError(
-                f"`loss` Huber has a delta above {error:g}; this is a mean squared error "
-                "in practice: pass loss='mse' (halved) instead."
-            )
-        delta = 2 * value / (error + math.sqrt(error**2 - 2 * value))
-        # float32 evaluation: round away the last-bit noise of the solve.
-        return float(np.float32(round(delta, 6)))
-    raise InvalidInputError(
-        f"`loss` Huber with reduction={loss.reduction!r} is not supported; received {loss!r}."
-    )
+    # One element: every reduction Keras accepts here returns its loss unchanged.
+    if value >= error**2 / 2:
+        raise InvalidInputError(
+            f"`loss` Huber has a delta above {error:g}; this is a mean squared error "
+            "in practice: pass loss='mse' (halved) instead."
+        )
+    delta = 2 * value / (error + math.sqrt(error**2 - 2 * value))
+    # float32 evaluation: round away the last-bit noise of the solve.
+    return float(np.float32(round(delta, 6)))
 
 
 def _reduction(display: str, reduction: Any) -> str:
