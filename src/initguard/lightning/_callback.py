@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,8 +23,6 @@ from .._targets import to_numpy
 from . import _layers, _targets
 from ._torch_losses import LossChoice, choose_loss, is_torch_loss, read_torch_loss
 
-log = logging.getLogger(__name__)
-
 
 class InitGuard(Callback):
     r"""Sets the final layer's bias to the best constant output and checks the step-0 loss.
@@ -43,6 +40,13 @@ class InitGuard(Callback):
     A fit resumed from a checkpoint (``ckpt_path``) keeps its trained bias
     and skips the check. Weights loaded by hand before ``fit`` look like a
     fresh model: pass ``set_bias=False`` to keep them.
+
+    Note:
+        Strategies that shard the model or restore weights after
+        ``on_fit_start`` (FSDP, DeepSpeed, ModelParallel) are not supported
+        yet: the bias is written into unsharded parameters only. Under DDP
+        the statistics of all processes are summed, every process writes the
+        same bias, and every process reaches the same verdict.
 
     Args:
         loss: a torch loss module (``nn.CrossEntropyLoss(weight=...)``, ...),
@@ -229,6 +233,7 @@ class InitGuard(Callback):
                 self._skip(trainer, "no training batch will run, so there is nothing to plan")
                 return
         head = self._find_head(trainer, pl_module, loader)
+        self._check_writable(head)
         spec = self._make_spec(choice, head)
         self._head_name = head.name if head is not None else ""
         context = f"loss {choice.source}" + (f", layer {head.name!r}" if head else "")
@@ -388,11 +393,11 @@ class InitGuard(Callback):
             merged = merged.merge(part)
         return merged
 
-    def _apply_bias(self, head: _layers.Head | None, bias: np.ndarray) -> None:
+    def _check_writable(self, head: _layers.Head | None) -> None:
+        """Fails before any target is read when the bias cannot be written."""
         if not self._set_bias:
-            self._notes.append("bias not written: set_bias=False (check only)")
             return
-        assert head is not None
+        assert head is not None  # tracing failures raise when the bias is to be set
         if head.bias is None:
             raise InvalidInputError(
                 f"initguard: layer {head.name!r} ({type(head.module).__name__}) has no bias "
@@ -406,6 +411,12 @@ class InitGuard(Callback):
                 "training does not learn it; pass `allow_buffer=True` to write it anyway, or "
                 "`set_bias=False` to only check."
             )
+
+    def _apply_bias(self, head: _layers.Head | None, bias: np.ndarray) -> None:
+        if not self._set_bias:
+            self._notes.append("bias not written: set_bias=False (check only)")
+            return
+        assert head is not None
         _layers.write_bias(head, bias)
         self._bias_set = True
         self._notes.append(f"output layer {head.name!r} {head.found_by}")
