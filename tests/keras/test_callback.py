@@ -61,9 +61,9 @@ def _rare(seed: int, n: int = 640, rate: float = 0.05) -> tuple[np.ndarray, np.n
 
 
 @contextlib.contextmanager
-def _warns(match: str) -> Iterator[None]:
-    """pytest.warns for InitLossWarning that leaves TensorFlow's own notices ignored."""
-    with pytest.warns(InitLossWarning, match=match), warnings.catch_warnings():
+def _warns(match: str, category: type[Warning] = InitLossWarning) -> Iterator[None]:
+    """pytest.warns that leaves TensorFlow's own deprecation notices ignored."""
+    with pytest.warns(category, match=match), warnings.catch_warnings():
         # pytest.warns re-raises every other warning it sees; the suite already
         # ignores these deprecation notices from TensorFlow and Keras internals.
         warnings.filterwarnings(
@@ -252,6 +252,22 @@ def test_a_nan_step0_loss_never_passes() -> None:
         _fit(model, features, labels, guard, shuffle=False)
 
 
+def test_softmax_output_under_from_logits_is_noted_and_repaired_by_tensorflow() -> None:
+    keras.utils.set_random_seed(0)
+    features, labels = load_digits(return_X_y=True)
+    features = (features / 16.0).astype("float32")
+    model = _mlp(64, 10, "softmax")
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    guard = InitGuard(labels, strict=True)
+    with _warns("from_logits=True", UserWarning):
+        _fit(model, features, labels, guard)
+    report = guard.report
+    assert report is not None and report.verdict is Verdict.PASS, report
+    assert any("TensorFlow backend repairs this" in note for note in report.notes)
+
+
 # Strictness.
 
 
@@ -331,6 +347,25 @@ def test_keras_class_weight_is_exact() -> None:
     np.testing.assert_allclose(report.step0_loss, report.expected_loss, rtol=1e-5)
     assert guard.plan is not None
     np.testing.assert_allclose(guard.plan.bias[0], guard.plan.bias[1])
+
+
+def test_class_weight_under_mean_with_sample_weight_is_exact() -> None:
+    # This reduction divides by the summed weights, as torch's `weight` does.
+    rng = np.random.default_rng(6)
+    labels = rng.choice(3, size=300, p=[0.6, 0.3, 0.1])
+    features = rng.normal(size=(300, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="head")])
+    model.get_layer("head").kernel.assign(np.zeros((3, 3), "float32"))
+    loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight"
+    )
+    model.compile(optimizer="sgd", loss=loss)
+    weights = {0: 1.0, 1: 2.0, 2: 6.0}
+    guard = InitGuard(labels, class_weight=weights)
+    _fit(model, features, labels, guard, batch_size=300, class_weight=weights)
+    report = guard.report
+    assert report is not None and report.step0_loss is not None
+    np.testing.assert_allclose(report.step0_loss, report.expected_loss, rtol=1e-5)
 
 
 def test_binary_class_weight_is_exact() -> None:
