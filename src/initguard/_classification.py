@@ -395,7 +395,7 @@ class SoftmaxFocal(LossSpec):
 
     Args:
         alpha: class balancing factor, a number or one per class (Keras's
-            default 0.25). Defaults to 0.25.
+            default 0.25), or None for none (1). Defaults to 0.25.
         gamma: focusing parameter in [0, 100]. Defaults to 2.
         label_smoothing: Keras's smoothing towards uniform, in [0, 1].
             Defaults to 0.
@@ -421,10 +421,10 @@ class SoftmaxFocal(LossSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_num_classes(self.num_classes)
         _check_weights("alpha", self.alpha, self.num_classes)
         _check_gamma(self.gamma)
         check_fraction("label_smoothing", self.label_smoothing)
-        _check_num_classes(self.num_classes)
         _check_optional_int("ignore_index", self.ignore_index)
         _check_int("class_axis", self.class_axis, -64, 63)
 
@@ -443,8 +443,7 @@ class SoftmaxFocal(LossSpec):
 
     def _alpha(self, width: int) -> np.ndarray:
         alpha = _check_weights("alpha", self.alpha, width)
-        assert alpha is not None
-        return alpha
+        return np.ones(width) if alpha is None else alpha
 
     def _smoothed_mean(self, stats: ClassStats) -> np.ndarray:
         width = self.width(stats)
@@ -526,12 +525,23 @@ def _focal_simplex_optimum(weight: np.ndarray, gamma: float) -> np.ndarray:
     def excess(log_mu: float) -> float:
         return math.log(float(copies @ probabilities(log_mu)))
 
-    # p_c ~ weight_c / mu for small p_c, so mu ~ sum(weight) brackets well.
-    centre = math.log(float(copies @ unique))
+    # p_c ~ weight_c / mu for small p_c, so mu ~ sum(weight) brackets well;
+    # a few widenings reach any multiplier that finite weights can imply.
+    total = float(copies @ unique)
+    if not 0 < total < 1e300:
+        raise InvalidInputError(
+            f"The focal-loss class weights (`alpha` times target mass) sum to {total!r}; "
+            "they must be positive and finite."
+        )
+    centre = math.log(total)
     low, high = centre - 1.0, centre + 1.0
-    while excess(low) < 0:
+    for _ in range(200):
+        if excess(low) >= 0:
+            break
         low -= 8.0
-    while excess(high) > 0:
+    for _ in range(200):
+        if excess(high) <= 0:
+            break
         high += 8.0
     f_low, f_high = excess(low), excess(high)
     side = 0

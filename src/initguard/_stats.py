@@ -142,6 +142,9 @@ class ClassStats:
     def _add_labels(self, array: np.ndarray) -> None:
         self._set_kind(probabilities=False)
         labels = array.reshape(-1)
+        if labels.dtype.kind in "bf":
+            # Half-precision floats cannot even hold the class limit below.
+            labels = labels.astype(np.float64 if labels.dtype.kind == "f" else np.int64)
         if labels.dtype.kind == "f":
             fractional = labels != np.round(labels)
             if fractional.any():
