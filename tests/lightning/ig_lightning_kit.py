@@ -164,6 +164,17 @@ class RankRecorder(lp.Callback):
         with (Path(self.folder) / f"rank{trainer.global_rank}.batches").open("a") as handle:
             handle.write(f"{batch_idx}\n")
 
+    def on_train_batch_end(
+        self,
+        trainer: lp.Trainer,
+        pl_module: lp.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if batch_idx == 0:
+            self._first_loss = float(outputs["loss"])
+
     def teardown(self, trainer: lp.Trainer, pl_module: lp.LightningModule, stage: str) -> None:
         logging.getLogger("initguard").removeHandler(self._handler)
         self._catcher.__exit__(None, None, None)
@@ -181,5 +192,6 @@ class RankRecorder(lp.Callback):
             "warnings": [str(w.message) for w in self._caught if "initguard" in str(w.message)],
             "logs": self._records,
             "indices": self._indices,
+            "first_loss": self._first_loss,
         }
         (Path(self.folder) / f"rank{rank}.json").write_text(json.dumps(record))

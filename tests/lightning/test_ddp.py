@@ -71,6 +71,10 @@ def test_ddp_spawn_sums_statistics_and_writes_one_bias(tmp_path):
     reports = [r["report"] for r in records]
     assert reports[0] == reports[1]
     assert reports[0]["verdict"] == "pass" and reports[0]["batch_size"] == 32
+    # DDP averages the ranks' losses; so does the check.
+    local = [r["first_loss"] for r in records]
+    assert local[0] != local[1]
+    assert reports[0]["step0_loss"] == pytest.approx(sum(local) / 2, rel=1e-6)
     assert any("summed over 2 processes" in n for n in reports[0]["notes"])
     assert any("DistributedSampler" in n for n in reports[0]["notes"])
 
