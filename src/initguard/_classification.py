@@ -70,7 +70,10 @@ def _class_weight_vector(value: Any) -> Any:
     """Accepts Keras's ``{class: weight}`` mapping as well as a sequence."""
     if not isinstance(value, dict):
         return value
-    keys = sorted(value, key=repr)
+    try:
+        keys = sorted(value)
+    except TypeError:
+        keys = list(value)
     if keys != list(range(len(keys))):
         raise InvalidInputError(
             f"`class_weight` keys must be 0..C-1 with none missing; received {keys[:10]}."
@@ -170,6 +173,10 @@ class CrossEntropy(LossSpec):
             torch, -1 for Keras). Defaults to 1.
         reduction: "mean" or "sum". Defaults to "mean".
         bias: a constant output fixed by hand, or None for the optimum.
+
+    References:
+        Szegedy, Vanhoucke, Ioffe, Shlens and Wojna, "Rethinking the Inception
+        Architecture for Computer Vision", CVPR 2016 (label smoothing).
     """
 
     name = "cross_entropy"

@@ -208,8 +208,13 @@ class ClassStats:
             rows = np.exp(rows)
         elif rows.min() < 0 or rows.max() > 1:
             bad = rows[(rows < 0) | (rows > 1)][0]
+            hint = (
+                " (class indices stored as floats need `num_classes` or an integer dtype)"
+                if self.kind == "auto"
+                else ""
+            )
             raise InvalidInputError(
-                f"Probability `targets` must lie in [0, 1]; received {bad.item()!r}."
+                f"Probability `targets` must lie in [0, 1]; received {bad.item()!r}{hint}."
             )
         if self.target_floor > 0:
             rows = np.clip(rows, self.target_floor, 1.0)

@@ -300,6 +300,20 @@ def test_make_loss_rejects_unknown_options_on_a_description() -> None:
         initguard.make_loss(spec, beta=1.0)
 
 
+def test_class_weight_dicts_of_many_classes() -> None:
+    weights = {k: 1.0 + k for k in reversed(range(12))}
+    plan = initguard.plan(np.arange(12), "cross_entropy", class_weight=weights)
+    np.testing.assert_allclose(np.exp(plan.bias), np.arange(1, 13) / 78)
+
+
+def test_float_class_indices_are_read_as_labels_given_num_classes() -> None:
+    sequences = np.array([[0.0, 2.0, 3.0], [1.0, 1.0, 4.0]])
+    plan = initguard.plan(sequences, "cross_entropy", num_classes=5)
+    assert plan.samples == 6 and plan.units_per_row == 3
+    with pytest.raises(InvalidInputError, match="need `num_classes` or an integer dtype"):
+        initguard.plan(sequences, "cross_entropy")
+
+
 def test_weight_length_sets_the_width_of_class_indices() -> None:
     plan = initguard.plan([0, 1, 1], "cross_entropy", weight=[1.0, 1.0, 2.0, 2.0])
     assert plan.bias.shape == (4,)

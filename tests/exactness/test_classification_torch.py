@@ -444,12 +444,42 @@ def test_cases_torch_values() -> None:
         1.039721, abs=5e-7
     )
 
+    rates = np.array([0.5, 0.2, 0.1, 0.05, 0.01])
+    targets = (np.arange(1000)[:, None] < rates * 1000).astype(np.float64)
+    plan = initguard.plan(targets, "binary_cross_entropy", reduction="sum")
+    logits = _constant_logits(plan.bias, (1000, 5))
+    zero = torch.zeros(1000, 5, dtype=torch.float64)
+    mean_bce, sum_bce = nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss(reduction="sum")
+    assert float(mean_bce(logits, _tensor(targets))) == pytest.approx(0.354630, abs=5e-7)
+    assert float(mean_bce(zero, _tensor(targets))) == pytest.approx(0.693147, abs=5e-7)
+    # Summed over the labels of a sample (here over all 1000 samples, then / 1000).
+    per_sample_sum = float(sum_bce(logits, _tensor(targets))) / 1000
+    assert per_sample_sum == pytest.approx(1.773149, abs=5e-7)
+    assert per_sample_sum == pytest.approx(plan.batch_expectation(1)[0], rel=RTOL)
+    assert float(sum_bce(zero, _tensor(targets))) / 1000 == pytest.approx(3.465736, abs=5e-7)
+    wide = initguard.plan(
+        np.zeros((4, 92)) + (np.arange(4) % 2)[:, None],
+        "binary_cross_entropy",
+        reduction="sum",
+        bias=np.zeros(92),
+    )
+    summed = float(sum_bce(torch.zeros(1, 92, dtype=torch.float64), torch.ones(1, 92)))
+    assert summed == pytest.approx(63.77, abs=5e-3)
+    assert summed == pytest.approx(wide.batch_expectation(1)[0], rel=RTOL)
+
     vocab = np.array([0] * 5 + [1] * 3 + [2] * 2)
     for smoothing, value in ((0.0, 1.029653), (0.1, 1.130834)):
         plan = initguard.plan(vocab, "cross_entropy", num_classes=4, label_smoothing=smoothing)
         criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
         logits = _constant_logits(plan.bias, (10, 4))
         assert float(criterion(logits, torch.as_tensor(vocab))) == pytest.approx(value, abs=5e-7)
+
+    padded = initguard.plan(np.arange(8), "cross_entropy", num_classes=50304)
+    uniform = float(
+        nn.CrossEntropyLoss()(torch.zeros(8, 50304, dtype=torch.float64), torch.arange(8))
+    )
+    assert uniform == pytest.approx(10.825840, abs=5e-7)
+    assert uniform == pytest.approx(padded.zero_bias_loss, rel=1e-12)
 
     # Case 6: torch's mean over an all-ignored batch is 0/0.
     everything_ignored = torch.full((8,), -100)
