@@ -235,3 +235,80 @@ def test_fit_with_a_zero_weight_head_measures_exactly_the_expected_loss(loss, ma
     report = guard.report
     assert report.verdict is Verdict.PASS and report.bias_set
     assert report.step0_loss == pytest.approx(report.expected_loss, rel=2e-6, abs=1e-6)
+
+
+class MeanAndLogVariance(kit.Net):
+    """One head of width 2K: K means, then K log-variances."""
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch[0])
+        mean, log_variance = out.chunk(2, dim=1)
+        return self.loss(mean, batch[1], log_variance.exp())
+
+
+def test_gaussian_nll_fit_writes_means_then_log_variances():
+    rng = np.random.default_rng(4)
+    targets = skewed(rng).float()
+    x = torch.tensor(rng.normal(size=(N, 5)), dtype=torch.float32)
+    torch.manual_seed(0)
+    model = MeanAndLogVariance(5, 4, nn.GaussianNLLLoss(), zero_head=True)
+    guard, snapshot = InitGuard(), kit.Snapshot()
+    trainer = kit.trainer(max_steps=1, callbacks=[guard, snapshot])
+    trainer.fit(model, kit.loader(x, targets, batch_size=N))
+
+    bias = snapshot.at_start["head.bias"].double()
+    values = targets.double()
+    assert torch.allclose(bias[:2], values.mean(0), rtol=1e-6)
+    assert torch.allclose(bias[2:], values.var(0, unbiased=False).log(), rtol=1e-6)
+    assert guard.report.step0_loss == pytest.approx(guard.report.expected_loss, rel=1e-5)
+
+
+# Field cases (CASES.md): known right answers, measured through a real fit.
+FIELD = [
+    (
+        "class_weight_1_9",
+        nn.CrossEntropyLoss(weight=torch.tensor([1.0, 9.0])),
+        torch.tensor([0] * 900 + [1] * 100),
+        2,
+        [0.0, 0.0],
+        0.693147,
+    ),
+    (
+        "pos_weight_3",
+        nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0)),
+        torch.tensor([1.0] * 100 + [0.0] * 300),
+        1,
+        [0.0],
+        1.039721,
+    ),
+    ("huber_outlier", nn.HuberLoss(delta=1.0), torch.tensor([0.0, 0, 0, 0, 10]), 1, [0.25], 1.875),
+    (
+        "mse_large_mean",
+        nn.MSELoss(),
+        torch.tensor([100000.0, 150000, 200000, 250000, 300000]),
+        1,
+        [200000.0],
+        5.0e9,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("loss", "targets", "width", "bias", "expected"),
+    [pytest.param(*c[1:], id=c[0]) for c in FIELD],
+)
+def test_field_cases_through_a_fit(loss, targets, width, bias, expected):
+    x = torch.zeros(len(targets), 3)
+    torch.manual_seed(0)
+    model = kit.Net(3, width, loss, hidden=0, squeeze=width == 1, zero_head=True)
+    guard, snapshot = InitGuard(), kit.Snapshot()
+    trainer = kit.trainer(max_steps=1, callbacks=[guard, snapshot])
+    trainer.fit(model, kit.loader(x, targets, batch_size=len(targets)))
+
+    written = snapshot.at_start["head.bias"].double().numpy()
+    # Softmax biases are defined up to a constant; compare the differences.
+    if width > 1:
+        written = written - written[0]
+    assert written == pytest.approx(bias, abs=1e-6 * max(1.0, abs(bias[0])))
+    assert guard.report.expected_loss == pytest.approx(expected, rel=1e-6)
+    assert guard.report.step0_loss == pytest.approx(expected, rel=1e-6)
