@@ -107,10 +107,14 @@ def _log_probs_with_floor(mass: np.ndarray, what: str) -> tuple[np.ndarray, list
 def _floor_unseen(log_p: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, list[str]]:
     notes = []
     if not seen.all():
-        # Far below every seen class, so the floor does not move the loss, yet
-        # finite: an infinite logit would make a smoothed loss infinite.
-        floor = min(FLOOR_LOG_PROB, float(log_p[seen].min()) - math.log(100.0))
+        # Far below every seen class, and all unseen classes together hold at
+        # most 1e-8 of the probability, so the floor does not move the loss at
+        # six decimals; yet finite: an infinite logit would make a smoothed
+        # loss infinite and cannot be written into a model.
         unseen = np.flatnonzero(~seen)
+        floor = min(
+            FLOOR_LOG_PROB - math.log(unseen.size), float(log_p[seen].min()) - math.log(100.0)
+        )
         log_p = log_p.copy()
         log_p[~seen] = floor
         shown = ", ".join(str(i) for i in unseen[:10]) + (" ..." if unseen.size > 10 else "")
