@@ -74,7 +74,9 @@ class Report:
         }
 
 
-def skipped(reason: str, *, layer: str = "", bias_set: bool = False, notes=()) -> Report:
+def skipped(
+    reason: str, *, layer: str = "", bias_set: bool = False, notes: tuple[str, ...] = ()
+) -> Report:
     """A report for a check that could not run, saying why."""
     where = f" (layer {layer!r})" if layer else ""
     return Report(
@@ -186,7 +188,9 @@ def _likely_cause(
             else "the loss matches a zero output bias: the bias written is not the one in use",
         )
     ]
-    if doubled is not None:
+    # A doubled activation is measured at the planned bias, so it only explains
+    # a run where that bias was written.
+    if doubled is not None and bias_set:
         explanations.append(
             (
                 doubled,

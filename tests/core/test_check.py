@@ -240,3 +240,18 @@ def test_guard_strict_raises_on_every_rank(imbalanced_plan):
 def test_guard_rejects_a_tolerance_of_the_wrong_type():
     with pytest.raises(InvalidInputError, match="`tolerance` must be an initguard.Tolerance"):
         Guard(tolerance=0.1)  # type: ignore[arg-type]
+
+
+def test_an_unwritten_bias_is_never_blamed_on_a_doubled_activation(rng):
+    # With 5 % positives, sigmoid(bias) is near 0, so the doubled-sigmoid loss
+    # sits next to the zero-bias loss; without a written bias only the latter
+    # can explain the measurement.
+    labels = (rng.random(4000) < 0.05).astype(float)
+    plan = initguard.plan(labels, "binary_cross_entropy")
+    doubled = plan.loss_at(1.0 / (1.0 + np.exp(-plan.bias)))
+    measured = doubled + 0.001
+
+    report = initguard.check(plan, measured, batch_size=128, bias_set=False)
+
+    assert report.verdict is Verdict.FAIL
+    assert "bias was not set" in report.cause
