@@ -187,6 +187,11 @@ class ClassStats:
     def _add_probabilities(self, array: np.ndarray) -> None:
         self._set_kind(probabilities=True)
         axis = _check_axis(self.class_axis, array, "class_axis")
+        if array.shape[axis] > MAX_CLASSES:
+            raise InvalidInputError(
+                f"Probability `targets` may have at most {MAX_CLASSES} classes along "
+                f"`class_axis`={self.class_axis}; received shape {array.shape}."
+            )
         rows = np.moveaxis(array, axis, -1).astype(np.float64)
         rows = rows.reshape(-1, rows.shape[-1])
         width = rows.shape[1]
@@ -218,10 +223,6 @@ class ClassStats:
             )
         if self.target_floor > 0:
             rows = np.clip(rows, self.target_floor, 1.0)
-        if width > MAX_CLASSES:
-            raise InvalidInputError(
-                f"Probability `targets` may have at most {MAX_CLASSES} classes; received {width}."
-            )
 
         is_one_hot = bool(np.all((rows == 0) | (rows == 1)) and np.all(rows.sum(axis=1) == 1))
         self.one_hot = self.one_hot and is_one_hot

@@ -74,6 +74,14 @@ def test_bad_input_is_named(targets: Any, loss: Any, options: dict[str, Any], ma
         initguard.plan(targets, loss, **options)
 
 
+def test_absurd_widths_and_weights_are_refused_before_any_allocation() -> None:
+    wide = np.broadcast_to(0.0, (1, (1 << 24) + 1))  # a view: no 134 MB copy
+    with pytest.raises(InvalidInputError, match=r"at most 16777216 classes along `class_axis`"):
+        initguard.plan(wide, "kl_div")
+    with pytest.raises(InvalidInputError, match=r"focal-loss class weights .* must be positive"):
+        initguard.plan([0, 1], "softmax_focal", alpha=1e308)
+
+
 def test_errors_are_value_errors() -> None:
     with pytest.raises(ValueError, match="`targets`"):
         initguard.plan([0.5], "cross_entropy")

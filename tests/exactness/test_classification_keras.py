@@ -312,6 +312,18 @@ def test_kl_divergence(seed: int, dense: bool, zeros: bool) -> None:
     _assert_close(float(per_sample.std()), plan.loss_std)
 
 
+def test_kl_divergence_summed_over_a_dense_batch() -> None:
+    rng = np.random.default_rng(8)
+    targets = rng.dirichlet(np.ones(4), size=(5, 12))
+    plan = initguard.plan(
+        targets, "kl_div", epsilon=keras.backend.epsilon(), reduction="sum", class_axis=-1
+    )
+    loss = losses.KLDivergence(reduction="sum", dtype="float64")
+    measured = _value(loss, targets, _constant(_softmax(plan.bias), targets.shape))
+    _assert_close(measured, plan.batch_expectation(5)[0])
+    assert plan.units_per_row == 12
+
+
 # ----------------------------------------------------------------------------
 # CASES.md, measured by Keras.
 
