@@ -75,6 +75,11 @@ class LossSpec:
         bias = check_bias(self.bias, width)
         return None if bias is None else (bias, "bias fixed by hand (not the optimum)")
 
+    def _quiet_moments(self, stats: Any, bias: np.ndarray) -> Moments:
+        # Outputs far outside the plan may overflow; the caller sees inf, not a warning.
+        with np.errstate(all="ignore"):
+            return self.moments(stats, bias)
+
     def solve(self, stats: Stats) -> Plan:
         """Computes the plan for accumulated statistics.
 
@@ -131,7 +136,7 @@ class LossSpec:
             notes=tuple(notes),
             sum_scale=float(at_bias.sum_scale),
             sum_std=float(at_bias.sum_std),
-            evaluate=lambda b: self.moments(stats, b),
+            evaluate=lambda b: self._quiet_moments(stats, b),
         )
 
 
