@@ -289,7 +289,7 @@ class CrossEntropy(LossSpec):
         mean = float(freq @ loss_y) / norm
         # A mean divided by summed weights is a ratio estimator: its spread per
         # sample is that of loss - mean * weight, over the mean weight.
-        ratio_var = float(freq @ (loss_y - mean * norm_y) ** 2) / norm**2
+        ratio_var = float(freq @ ((loss_y - mean * norm_y) / norm) ** 2)
         sum_var = float(freq @ loss_y**2) - float(freq @ loss_y) ** 2
         return Moments(mean, safe_std(ratio_var), norm, safe_std(sum_var))
 
@@ -558,7 +558,8 @@ def _focal_simplex_optimum(weight: np.ndarray, gamma: float) -> np.ndarray:
     f_low, f_high = excess(low), excess(high)
     side = 0
     for _ in range(200):
-        x = high - f_high * (high - low) / (f_high - f_low)
+        gap = f_high - f_low
+        x = high - f_high * (high - low) / gap if gap else 0.5 * (low + high)
         if not low < x < high:
             x = 0.5 * (low + high)
         fx = excess(x)

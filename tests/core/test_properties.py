@@ -140,6 +140,25 @@ def hostile_cases(draw: st.DrawFn) -> tuple[Any, str, dict[str, Any]]:
     return targets, loss, options
 
 
+@pytest.mark.parametrize(
+    ("targets", "loss", "options"),
+    [
+        # Examples hypothesis once found; kept so they stay fixed.
+        (np.int8(0), "cross_entropy", {"weight": 1.5331395145196595e-258}),
+        (np.int8(0), "softmax_focal", {"alpha": None, "bias": 0.0, "gamma": 0.0}),
+        (np.float16(0), "cross_entropy", {}),
+        (None, "softmax_focal", {"num_classes": 2**40}),
+    ],
+)
+def test_found_examples(targets: Any, loss: str, options: dict[str, Any]) -> None:
+    try:
+        plan = initguard.plan(targets, loss, **options)
+    except InvalidInputError as error:
+        _assert_named(error)
+    else:
+        _assert_finite_plan(plan)
+
+
 def _assert_finite_plan(plan: initguard.Plan) -> None:
     assert plan.bias.dtype == np.float64 and plan.bias.ndim == 1 and plan.bias.size >= 1
     values = (plan.expected_loss, plan.zero_bias_loss, plan.loss_std, plan.sum_std)
