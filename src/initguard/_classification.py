@@ -92,6 +92,12 @@ def _check_weights(name: str, value: Any, width: int | None) -> np.ndarray | Non
 # Softmax helpers.
 
 
+def _square(value: float) -> float:
+    # Python's float power raises on overflow; a product gives inf, which the
+    # plan's finiteness check then reports with the argument to blame.
+    return value * value
+
+
 def _log_probs_with_floor(mass: np.ndarray, what: str) -> tuple[np.ndarray, list[str]]:
     """Returns ``log(mass / sum(mass))`` with a finite floor for zero mass."""
     seen = mass > 0
@@ -139,7 +145,7 @@ def _linear_moments(stats: ClassStats, k: np.ndarray, shift: float) -> tuple[flo
         freq = mass / mass.sum()
         return mean, safe_std(float(freq @ (k + shift - mean) ** 2))
     if stats.gram is not None:
-        variance = float(k @ stats.gram @ k) / n - (first / n) ** 2
+        variance = float(k @ stats.gram @ k) / n - _square(first / n)
         return mean, safe_std(variance)
     # Without the cross moments, Minkowski's inequality bounds the spread.
     sd = np.sqrt(np.maximum(stats.diag_sq / n - (mass / n) ** 2, 0.0))
@@ -290,7 +296,7 @@ class CrossEntropy(LossSpec):
         # A mean divided by summed weights is a ratio estimator: its spread per
         # sample is that of loss - mean * weight, over the mean weight.
         ratio_var = float(freq @ ((loss_y - mean * norm_y) / norm) ** 2)
-        sum_var = float(freq @ loss_y**2) - float(freq @ loss_y) ** 2
+        sum_var = float(freq @ loss_y**2) - _square(float(freq @ loss_y))
         return Moments(mean, safe_std(ratio_var), norm, safe_std(sum_var))
 
 
@@ -372,13 +378,13 @@ class KLDivergence(LossSpec):
         mean, cross_std = _linear_moments(stats, -log_p, 0.0)
         mean += stats.neg_entropy / n
         if stats.gram is not None or stats.one_hot:
-            quad = (mean - stats.neg_entropy / n) ** 2 + cross_std**2
+            quad = _square(mean - stats.neg_entropy / n) + _square(cross_std)
             second = (
                 stats.neg_entropy_sq / n - 2 * float(stats.neg_entropy_cross @ log_p) / n + quad
             )
-            std = safe_std(second - mean**2)
+            std = safe_std(second - _square(mean))
         else:
-            entropy_var = stats.neg_entropy_sq / n - (stats.neg_entropy / n) ** 2
+            entropy_var = stats.neg_entropy_sq / n - _square(stats.neg_entropy / n)
             std = safe_std(entropy_var) + cross_std
 
         # torch's "mean" divides by classes too; "batchmean" by rows, which
@@ -597,7 +603,7 @@ def _binary_moments(stats: BinaryStats, intercept: np.ndarray, slope: np.ndarray
     else:
         # Without the cross moments, Cauchy-Schwarz bounds the spread.
         sd = np.sqrt(np.maximum(stats.squares / stats.samples - mu**2, 0.0))
-        variance = float(np.abs(coef) @ sd) ** 2
+        variance = _square(float(np.abs(coef) @ sd))
     std = safe_std(variance)
     return Moments(mean, std, float(width), std * width)
 

@@ -147,6 +147,7 @@ def hostile_cases(draw: st.DrawFn) -> tuple[Any, str, dict[str, Any]]:
         (np.int8(0), "cross_entropy", {"weight": 1.5331395145196595e-258}),
         (np.int8(0), "softmax_focal", {"alpha": None, "bias": 0.0, "gamma": 0.0}),
         (np.float16(0), "cross_entropy", {}),
+        (np.array([1.0]), "cross_entropy", {"weight": [1.9343378009719903e154]}),
         (None, "softmax_focal", {"num_classes": 2**40}),
     ],
 )
