@@ -234,6 +234,14 @@ def test_softmax_focal_optimum_is_stationary_on_the_simplex() -> None:
     assert p[0] < 0.7 and p[3] > 0.02
 
 
+def test_softmax_focal_leaves_ignored_labels_out() -> None:
+    labels = np.array([[0, 1, 9, 2], [9, 9, 1, 1]])
+    plan = initguard.plan(labels, "softmax_focal", num_classes=3, ignore_index=9)
+    kept = initguard.plan(labels[labels != 9], "softmax_focal", num_classes=3)
+    np.testing.assert_array_equal(plan.bias, kept.bias)
+    assert plan.samples == 5 and plan.units_per_row == 2.5
+
+
 def test_softmax_focal_large_vocabulary_is_quick() -> None:
     rng = np.random.default_rng(7)
     tokens = rng.zipf(1.3, size=20000) % 50304

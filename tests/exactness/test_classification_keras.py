@@ -232,6 +232,26 @@ def test_binary_focal(
     _assert_close(float(per_sample.std()), plan.loss_std, rtol)
 
 
+def test_binary_focal_dense_map() -> None:
+    rng = np.random.default_rng(12)
+    targets = _binary_targets("imbalanced", (4, 5, 6, 3), rng)
+    plan = initguard.plan(
+        targets, "sigmoid_focal", alpha=0.25, gamma=2.0, label_smoothing=0.1, class_axis=-1
+    )
+    loss = losses.BinaryFocalCrossentropy(
+        apply_class_balancing=True,
+        alpha=0.25,
+        gamma=2.0,
+        from_logits=True,
+        label_smoothing=0.1,
+        dtype="float64",
+    )
+    rtol = 1e-5 if keras.backend.backend() == "torch" else RTOL  # see test_binary_focal
+    measured = _value(loss, targets, _constant(plan.bias, targets.shape))
+    _assert_close(measured, plan.expected_loss, rtol)
+    assert plan.units_per_row == 30
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("kind", ["balanced", "imbalanced", "unseen", "soft"])
 @pytest.mark.parametrize("alpha", [0.25, "per_class"])
