@@ -123,9 +123,7 @@ def check(
     expected += penalty
     zero += penalty
     allowed = (
-        tolerance.sigmas * standard_error
-        + tolerance.relative * abs(expected)
-        + tolerance.absolute
+        tolerance.sigmas * standard_error + tolerance.relative * abs(expected) + tolerance.absolute
     )
     measured = float(step0_loss)
     deviation = measured - expected

@@ -28,9 +28,7 @@ def resolve_strict(strict: bool | None) -> bool:
     """
     if strict is not None:
         if not isinstance(strict, bool):
-            raise InvalidInputError(
-                f"`strict` must be True, False or None; received {strict!r}."
-            )
+            raise InvalidInputError(f"`strict` must be True, False or None; received {strict!r}.")
         return strict
 
     raw = os.environ.get(STRICT_ENV, "")
@@ -71,9 +69,7 @@ class Tolerance:
         for name in ("sigmas", "relative", "absolute"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidInputError(
-                    f"Tolerance `{name}` must be a number; received {value!r}."
-                )
+                raise InvalidInputError(f"Tolerance `{name}` must be a number; received {value!r}.")
             if not math.isfinite(value) or value < 0:
                 raise InvalidInputError(
                     f"Tolerance `{name}` must be finite and >= 0; received {value!r}."

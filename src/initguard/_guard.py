@@ -117,7 +117,9 @@ class Guard:
         if report is None or report.step0_loss is None:
             return {}
         values = (report.expected_loss, report.step0_loss, report.deviation)
-        return {name: float(v) for name, v in zip(METRIC_NAMES, values) if v is not None}
+        return {
+            name: float(v) for name, v in zip(METRIC_NAMES, values, strict=True) if v is not None
+        }
 
 
 def describe_loss(loss: Any) -> str:

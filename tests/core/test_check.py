@@ -238,7 +238,7 @@ def test_guard_strict_raises_on_every_rank(imbalanced_plan):
 
 
 def test_guard_rejects_a_tolerance_of_the_wrong_type():
-    with pytest.raises(InvalidInputError, match="`tolerance` must be an initguard.Tolerance"):
+    with pytest.raises(InvalidInputError, match=r"`tolerance` must be an initguard\.Tolerance"):
         Guard(tolerance=0.1)  # type: ignore[arg-type]
 
 
