@@ -18,8 +18,16 @@ import numpy as np
 
 from ._errors import InvalidInputError
 from ._loss_base import FLOOR_LOG_PROB, LossSpec, log_softmax, register, safe_std, softplus
-from ._plan import Moments, check_fraction, check_vector, show
+from ._plan import Moments
 from ._stats import MAX_CLASSES, BinaryStats, ClassStats
+from ._validate import (
+    check_bool,
+    check_fraction,
+    check_int,
+    check_optional_int,
+    check_vector,
+    show,
+)
 
 # Keras's backend epsilon: it clips probabilities to [eps, 1 - eps] inside
 # its focal losses and to [eps, 1] inside its KL divergence.
@@ -34,26 +42,6 @@ SIGMOID_LIMIT = -FLOOR_LOG_PROB
 # Option checks shared by the losses below.
 
 
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-    if ok and value >= minimum and (maximum is None or value <= maximum):
-        return int(value)
-    upper = "" if maximum is None else f" and <= {maximum}"
-    raise InvalidInputError(f"`{name}` must be an integer >= {minimum}{upper}; received {value!r}.")
-
-
-def _check_optional_int(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"`{name}` must be an integer or None; received {value!r}.")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"`{name}` must be True or False; received {value!r}.")
-
-
 def _check_gamma(value: Any) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     if ok and math.isfinite(value) and 0 <= value <= 100:
@@ -63,7 +51,7 @@ def _check_gamma(value: Any) -> float:
 
 def _check_num_classes(value: Any) -> None:
     if value is not None:
-        _check_int("num_classes", value, 1, MAX_CLASSES)
+        check_int("num_classes", value, 1, MAX_CLASSES)
 
 
 def _class_weight_vector(value: Any) -> Any:
@@ -208,8 +196,8 @@ class CrossEntropy(LossSpec):
                 f"weight={self.weight!r}, class_weight={self.class_weight!r}."
             )
         check_fraction("label_smoothing", self.label_smoothing)
-        _check_optional_int("ignore_index", self.ignore_index)
-        _check_int("class_axis", self.class_axis, -64, 63)
+        check_optional_int("ignore_index", self.ignore_index)
+        check_int("class_axis", self.class_axis, -64, 63)
         for name in ("weight", "class_weight"):
             _check_weights(name, getattr(self, name), self.num_classes)
 
@@ -345,9 +333,9 @@ class KLDivergence(LossSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_num_classes(self.num_classes)
-        _check_bool("log_target", self.log_target)
+        check_bool("log_target", self.log_target)
         check_fraction("epsilon", self.epsilon, upper_open=True)
-        _check_int("class_axis", self.class_axis, -64, 63)
+        check_int("class_axis", self.class_axis, -64, 63)
 
     def new_stats(self) -> ClassStats:
         return ClassStats(
@@ -442,8 +430,8 @@ class SoftmaxFocal(LossSpec):
         _check_weights("alpha", self.alpha, self.num_classes)
         _check_gamma(self.gamma)
         check_fraction("label_smoothing", self.label_smoothing)
-        _check_optional_int("ignore_index", self.ignore_index)
-        _check_int("class_axis", self.class_axis, -64, 63)
+        check_optional_int("ignore_index", self.ignore_index)
+        check_int("class_axis", self.class_axis, -64, 63)
 
     def new_stats(self) -> ClassStats:
         return ClassStats(
@@ -679,7 +667,7 @@ class BinaryCrossEntropy(_SigmoidLoss):
         check_vector("pos_weight", self.pos_weight, None)
         _check_weights("weight", self.weight, None)
         check_fraction("label_smoothing", self.label_smoothing)
-        _check_int("class_axis", self.class_axis, -64, 63)
+        check_int("class_axis", self.class_axis, -64, 63)
         if self.prior is not None and self.bias is not None:
             raise InvalidInputError(
                 "Give `prior` or `bias`, not both; received "
@@ -774,7 +762,7 @@ class SigmoidFocal(_SigmoidLoss):
             check_fraction("alpha", self.alpha)
         _check_gamma(self.gamma)
         check_fraction("label_smoothing", self.label_smoothing)
-        _check_int("class_axis", self.class_axis, -64, 63)
+        check_int("class_axis", self.class_axis, -64, 63)
 
     def _element(self, target: float, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The loss for a target value (after smoothing) and its derivative in the logit."""

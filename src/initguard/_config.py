@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 from ._errors import InvalidInputError
+from ._validate import check_number
 
 STRICT_ENV = "INITGUARD_STRICT"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -67,10 +67,4 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         for name in ("sigmas", "relative", "absolute"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidInputError(f"Tolerance `{name}` must be a number; received {value!r}.")
-            if not math.isfinite(value) or value < 0:
-                raise InvalidInputError(
-                    f"Tolerance `{name}` must be finite and >= 0; received {value!r}."
-                )
+            check_number(name, getattr(self, name), allow_zero=True)

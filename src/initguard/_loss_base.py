@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._errors import InvalidInputError
-from ._plan import REDUCTIONS, Moments, Plan, check_bias, check_reduction, show
+from ._plan import Moments, Plan
 from ._stats import Stats
+from ._validate import REDUCTIONS, check_bias, check_reduction, show
 
 LOSSES: dict[str, type[LossSpec]] = {}
 

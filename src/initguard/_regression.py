@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from ._errors import InvalidInputError
 from ._loss_base import FLOOR_LOG_PROB, LossSpec, register, safe_std, softplus
 from ._plan import Moments, Plan
 from ._stats import Stats, ValueStats
+from ._validate import check_bool, check_choice, check_number
 
 ACTIVATIONS = ("exp", "softplus", "identity")
 LOG_2 = math.log(2.0)
@@ -30,25 +30,6 @@ FLOOR_RATE = math.exp(FLOOR_LOG_PROB)
 
 _SIGN = np.int64(-0x8000000000000000)
 _MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
-
-
-def _check_number(name: str, value: Any, allow_zero: bool = False) -> float:
-    """Validates a finite number > 0 (or >= 0 with ``allow_zero``)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0):
-        return float(value)
-    rule = ">= 0" if allow_zero else "> 0"
-    raise InvalidInputError(f"`{name}` must be a finite number {rule}; received {value!r}.")
-
-
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"`{name}` must be True or False; received {value!r}.")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidInputError(f"`{name}` must be one of {choices}; received {value!r}.")
 
 
 def _activate(name: str, z: np.ndarray) -> np.ndarray:
@@ -278,7 +259,7 @@ class Huber(RegressionLoss):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_number("delta", self.delta)
+        check_number("delta", self.delta)
 
     def elementwise(self, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
         return _huber(values - bias, float(self.delta))
@@ -311,7 +292,7 @@ class SmoothL1(RegressionLoss):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_number("beta", self.beta, allow_zero=True)
+        check_number("beta", self.beta, allow_zero=True)
 
     def elementwise(self, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
         if self.beta == 0:
@@ -402,10 +383,10 @@ class PoissonNLL(RegressionLoss):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_flag("log_input", self.log_input)
-        _check_flag("full", self.full)
-        _check_number("eps", self.eps)
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_bool("log_input", self.log_input)
+        check_bool("full", self.full)
+        check_number("eps", self.eps)
+        check_choice("activation", self.activation, ACTIVATIONS)
 
     def output_activation(self) -> str:
         return "identity" if self.log_input else self.activation
@@ -500,9 +481,9 @@ class GaussianNLL(RegressionLoss):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_flag("full", self.full)
-        _check_number("eps", self.eps)
-        _check_choice("variance_activation", self.variance_activation, ACTIVATIONS)
+        check_bool("full", self.full)
+        check_number("eps", self.eps)
+        check_choice("variance_activation", self.variance_activation, ACTIVATIONS)
 
     def width(self, stats: ValueStats) -> int:
         return 2 * self.outputs(stats)
@@ -555,7 +536,7 @@ class MeanSquaredLogarithmicError(RegressionLoss):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_number("eps", self.eps)
+        check_number("eps", self.eps)
 
     def _log_targets(self, values: np.ndarray) -> np.ndarray:
         return np.log1p(np.maximum(values, self.eps))

@@ -174,9 +174,9 @@ def test_skipped_report_says_why():
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
-        ("sigmas", -1.0, "Tolerance `sigmas` must be finite and >= 0; received -1.0"),
-        ("relative", math.nan, "Tolerance `relative` must be finite and >= 0; received nan"),
-        ("absolute", "1", "Tolerance `absolute` must be a number; received '1'"),
+        ("sigmas", -1.0, r"`sigmas` must be a finite number >= 0; received -1\.0"),
+        ("relative", math.nan, "`relative` must be a finite number >= 0; received nan"),
+        ("absolute", "1", "`absolute` must be a finite number >= 0; received '1'"),
     ],
 )
 def test_tolerance_rejects_bad_settings(field, value, match):
