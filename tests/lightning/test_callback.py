@@ -164,6 +164,9 @@ def test_strict_failure_stops_before_second_step_and_keeps_files(tmp_path):
     ckpt_dir.mkdir()
     old = ckpt_dir / "earlier.ckpt"
     old.write_bytes(b"trained weights")
+    old_log = tmp_path / "run" / "version_0" / "metrics.csv"
+    old_log.parent.mkdir(parents=True)
+    old_log.write_text("epoch,step,train_loss\n0,9,0.25\n")
     steps = []
 
     class CountSteps(L.Callback):
@@ -181,6 +184,7 @@ def test_strict_failure_stops_before_second_step_and_keeps_files(tmp_path):
     assert steps == [0] and trainer.global_step == 1
     assert old.read_bytes() == b"trained weights"
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["earlier.ckpt"]
+    assert old_log.read_text() == "epoch,step,train_loss\n0,9,0.25\n"
 
 
 def test_strict_from_environment_raises(monkeypatch):
