@@ -83,7 +83,20 @@ CASES = [
     ("huber", nn.HuberLoss(delta=4.0), skewed, identity, {}),
     ("smooth_l1", nn.SmoothL1Loss(beta=3.0), skewed, identity, {}),
     ("poisson_log", nn.PoissonNLLLoss(full=True), counts, identity, {}),
-    ("poisson_rate", nn.PoissonNLLLoss(log_input=False), counts, torch.exp, {}),
+    (
+        "poisson_rate_exp",
+        nn.PoissonNLLLoss(log_input=False),
+        counts,
+        torch.exp,
+        {"activation": "exp"},
+    ),
+    (
+        "poisson_rate_softplus",
+        nn.PoissonNLLLoss(log_input=False, eps=1e-3),
+        counts,
+        nn.functional.softplus,
+        {"activation": "softplus"},
+    ),
     ("kl_batchmean", nn.KLDivLoss(reduction="batchmean"), soft_rows, log_softmax, {}),
     pytest.param(
         "kl_mean",
@@ -133,7 +146,7 @@ def test_plan_matches_the_torch_loss_at_the_planned_output(loss, make, transform
 def test_gaussian_nll_plan_matches_torch_with_a_mean_and_log_variance_head(seed):
     targets = skewed(np.random.default_rng(seed))
     loss = nn.GaussianNLLLoss(full=True)
-    spec = read_torch_loss(loss).spec()
+    spec = read_torch_loss(loss).spec({"variance_activation": "exp"})
     plan = spec.solve(spec.new_stats().update(targets))
 
     output = _planned_output(plan, targets)
@@ -252,7 +265,8 @@ def test_gaussian_nll_fit_writes_means_then_log_variances():
     x = torch.tensor(rng.normal(size=(N, 5)), dtype=torch.float32)
     torch.manual_seed(0)
     model = MeanAndLogVariance(5, 4, nn.GaussianNLLLoss(), zero_head=True)
-    guard, snapshot = InitGuard(), kit.Snapshot()
+    guard = InitGuard(loss_options={"variance_activation": "exp"})
+    snapshot = kit.Snapshot()
     trainer = kit.trainer(max_steps=1, callbacks=[guard, snapshot])
     trainer.fit(model, kit.loader(x, targets, batch_size=N))
 

@@ -27,17 +27,29 @@ class LossChoice:
         options: options for ``initguard.make_loss``.
         source: a short description for the report ("CrossEntropyLoss", ...).
         notes: remarks about how the framework's loss was read.
+        required: options the loss object cannot tell and the user must
+            give in ``loss_options``, each with the message to show when
+            it is missing.
     """
 
     loss: str | LossSpec
     options: dict[str, Any]
     source: str
     notes: tuple[str, ...] = ()
+    required: tuple[tuple[str, str], ...] = ()
 
     def spec(self, extra: Mapping[str, Any] | None = None) -> LossSpec:
-        """Builds the core description, with ``extra`` options overriding."""
-        options = {**self.options, **(extra or {})}
-        return make_loss(self.loss, **options)
+        """Builds the core description, with ``extra`` options overriding.
+
+        Raises:
+            InvalidInputError: a required option is missing from ``extra``,
+                or the options do not fit the loss.
+        """
+        given = dict(extra or {})
+        for name, message in self.required:
+            if name not in given:
+                raise InvalidInputError(message)
+        return make_loss(self.loss, **{**self.options, **given})
 
 
 def _vector(value: torch.Tensor | None) -> list[float] | None:
@@ -129,6 +141,35 @@ def _gaussian(loss: Any) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     return "gaussian_nll", options, ()
 
 
+# The loss sees the output after the model's own activation, which the loss
+# object does not record, and the best bias differs with it (a rate of 4 is
+# a bias of log 4 under exp, 4 under identity, 3.98 under softplus); guessing
+# would write a wrong bias without a word.
+_POISSON_ACTIVATION = (
+    "`loss` PoissonNLLLoss(log_input=False) takes the model's output as the rate itself, "
+    "and the bias that gives the best rate depends on the activation between the final layer "
+    "and that output, which the loss does not record. Pass "
+    "loss_options={'activation': ...}: 'exp' (rate = exp(layer output)), 'softplus' "
+    "(rate = softplus(layer output)) or 'identity' (the layer's output is the rate)."
+)
+_GAUSSIAN_ACTIVATION = (
+    "`loss` GaussianNLLLoss takes a variance, and the bias of the variance outputs depends "
+    "on the activation that turns them into that variance, which the loss does not record. "
+    "Pass loss_options={'variance_activation': ...}: 'exp' (the layer predicts a "
+    "log-variance: var = exp(layer output)), 'softplus' (var = softplus(layer output)) or "
+    "'identity' (the layer's output is the variance)."
+)
+
+
+def _required(loss: nn.Module) -> tuple[tuple[str, str], ...]:
+    """Options of ``loss`` that only the user can give (see ``LossChoice.required``)."""
+    if isinstance(loss, nn.PoissonNLLLoss) and not loss.log_input:
+        return (("activation", _POISSON_ACTIVATION),)
+    if isinstance(loss, nn.GaussianNLLLoss):
+        return (("variance_activation", _GAUSSIAN_ACTIVATION),)
+    return ()
+
+
 def _kl_div(loss: Any) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     options = {
         "reduction": _reduction(loss, ("mean", "batchmean", "sum")),
@@ -174,13 +215,14 @@ def read_torch_loss(loss: nn.Module) -> LossChoice:
 
     Raises:
         InvalidInputError: the loss is not supported, or uses a reduction
-            other than a single number per batch.
+            other than a single number per batch. Options the loss does not
+            record (``LossChoice.required``) are checked by ``LossChoice.spec``.
     """
     for cls, reader in _READERS:
         if isinstance(loss, cls):
             name, options, notes = reader(loss)
             options = {k: v for k, v in options.items() if v is not None}
-            return LossChoice(name, options, type(loss).__name__, notes)
+            return LossChoice(name, options, type(loss).__name__, notes, _required(loss))
 
     supported = ", ".join(cls.__name__ for cls in SUPPORTED)
     raise InvalidInputError(
