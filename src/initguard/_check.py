@@ -6,10 +6,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ._config import Tolerance
-from ._plan import Plan
+from ._plan import BatchLoss, Plan, activated
 
 
 class Verdict(enum.Enum):
@@ -31,7 +29,8 @@ class Report:
         zero_bias_loss: the same for a zero bias.
         step0_loss: the measured loss of the first batch, before any update.
         deviation: ``step0_loss - expected_loss``.
-        tolerance: the largest deviation that passes.
+        tolerance: the largest deviation that passes, on the side of the
+            measured one.
         standard_error: the sampling error of one batch's mean loss.
         batch_size: rows in the first batch (all processes together).
         cause: the likely cause of a failure, or "".
@@ -39,6 +38,8 @@ class Report:
         layer: the layer whose bias was planned, or "".
         message: one readable summary.
         notes: remarks from the statistics and the adapter.
+        spread_excess: the loss a fresh head's output spread adds, when the
+            adapter measured it.
     """
 
     verdict: Verdict
@@ -54,6 +55,7 @@ class Report:
     layer: str = ""
     message: str = ""
     notes: tuple[str, ...] = field(default=())
+    spread_excess: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Plain Python values only (safe for ``torch.load(weights_only=True)``)."""
@@ -71,6 +73,7 @@ class Report:
             "layer": self.layer,
             "message": self.message,
             "notes": list(self.notes),
+            "spread_excess": self.spread_excess,
         }
 
 
@@ -99,6 +102,8 @@ def check(
     bias_set: bool = True,
     layer: str = "",
     notes: tuple[str, ...] = (),
+    batch: BatchLoss | None = None,
+    spread_excess: float | None = None,
 ) -> Report:
     """Compares a measured first-batch loss with the plan's expectation.
 
@@ -113,35 +118,59 @@ def check(
         bias_set: whether the planned bias was written. Defaults to True.
         layer: the layer's name, for the report. Defaults to "".
         notes: extra remarks for the report. Defaults to ().
+        batch: the constant outputs' exact losses on the first batch's own
+            targets (``Plan.batch_loss``), which removes the sampling error.
+            Defaults to None: the plan's expectation with its standard error.
+        spread_excess: the loss a fresh head's output spread adds
+            (``Plan.spread_excess``), when measured; the check fails when it
+            passes the headroom. Defaults to None.
 
     Returns:
         The report; its verdict is FAIL when the deviation exceeds the
         tolerance or the measured loss is not finite.
     """
     tolerance = tolerance or Tolerance()
-    expected, zero, standard_error = plan.batch_expectation(batch_size)
+    if batch is not None:
+        expected, zero, doubled = batch
+        standard_error = 0.0
+    else:
+        expected, zero, standard_error = plan.batch_expectation(batch_size)
+        doubled = _double_activation_loss(plan) * plan.batch_scale(batch_size)
     expected += penalty
     zero += penalty
+    doubled += penalty
+
     allowed = (
         tolerance.sigmas * standard_error + tolerance.relative * abs(expected) + tolerance.absolute
     )
+    headroom = tolerance.headroom * abs(expected)
     measured = float(step0_loss)
     deviation = measured - expected
-    passed = math.isfinite(measured) and abs(deviation) <= allowed
+    too_spread = spread_excess is not None and not spread_excess <= headroom
+    passed = (
+        math.isfinite(measured) and -allowed <= deviation <= allowed + headroom and not too_spread
+    )
+    limit = allowed + headroom if deviation > 0 else allowed
+
     cause = ""
-    if not passed:
-        doubled = _double_activation_loss(plan)
-        if doubled is not None:
-            doubled = doubled * plan.batch_scale(batch_size) + penalty
-        cause = _likely_cause(plan, measured, expected, zero, allowed, bias_set, doubled)
+    if too_spread:
+        assert spread_excess is not None
+        cause = (
+            f"the fresh final layer spreads its outputs so widely around the bias that they add "
+            f"{spread_excess:.4g} to the loss (more than {tolerance.headroom:g} x the expected "
+            "loss): its initial weights are too large (the 'hockey stick'); scale them down"
+        )
+    elif not passed:
+        cause = _likely_cause(measured, expected, zero, limit, bias_set, plan.activation, doubled)
 
     verdict = Verdict.PASS if passed else Verdict.FAIL
     where = f"layer {layer!r}, " if layer else ""
     bias_word = "bias set" if bias_set else "bias not written"
+    spread_word = "" if spread_excess is None else f", fresh-head spread {spread_excess:+.4g}"
     message = (
         f"initguard: step-0 loss {measured:.6g} vs expected {expected:.6g} "
-        f"(deviation {deviation:+.4g}, tolerance {allowed:.4g}, zero-bias loss {zero:.6g}; "
-        f"{where}{bias_word}): {verdict.name}"
+        f"(deviation {deviation:+.4g}, tolerance {limit:.4g}{spread_word}, "
+        f"zero-bias loss {zero:.6g}; {where}{bias_word}): {verdict.name}"
     )
     if cause:
         message += f". Likely cause: {cause}"
@@ -151,7 +180,7 @@ def check(
         zero_bias_loss=zero,
         step0_loss=measured,
         deviation=deviation,
-        tolerance=allowed,
+        tolerance=limit,
         standard_error=standard_error,
         batch_size=batch_size,
         cause=cause,
@@ -159,17 +188,18 @@ def check(
         layer=layer,
         message=message,
         notes=tuple(plan.notes) + tuple(notes),
+        spread_excess=spread_excess,
     )
 
 
 def _likely_cause(
-    plan: Plan,
     measured: float,
     expected: float,
     zero: float,
     allowed: float,
     bias_set: bool,
-    doubled: float | None,
+    activation: str,
+    doubled: float,
 ) -> str:
     if not math.isfinite(measured):
         return (
@@ -188,13 +218,13 @@ def _likely_cause(
     ]
     # A doubled activation is measured at the planned bias, so it only explains
     # a run where that bias was written.
-    if doubled is not None and bias_set:
+    if math.isfinite(doubled) and bias_set:
         explanations.append(
             (
                 doubled,
-                f"the loss matches outputs passed through {plan.activation} twice "
+                f"the loss matches outputs passed through {activation} twice "
                 f"({doubled:.6g}): probabilities are fed to a loss that expects logits; remove "
-                f"the final {plan.activation} or use the loss that takes probabilities",
+                f"the final {activation} or use the loss that takes probabilities",
             )
         )
     candidates = [
@@ -217,15 +247,9 @@ def _likely_cause(
     )
 
 
-def _double_activation_loss(plan: Plan) -> float | None:
-    """The loss when the model's output is already the activated bias."""
-    if plan.evaluate is None:
-        return None
-    if plan.activation == "softmax":
-        shifted = np.exp(plan.bias - plan.bias.max())
-        activated = shifted / shifted.sum()
-    elif plan.activation == "sigmoid":
-        activated = 1.0 / (1.0 + np.exp(-plan.bias))
-    else:
-        return None
-    return plan.loss_at(activated)
+def _double_activation_loss(plan: Plan) -> float:
+    """The loss when the model's output is already the activated bias (or NaN)."""
+    doubled = activated(plan.bias, plan.activation)
+    if doubled is None or plan.evaluate is None:
+        return math.nan
+    return plan.loss_at(doubled)

@@ -138,6 +138,7 @@ class LossSpec:
             sum_scale=float(at_bias.sum_scale),
             sum_std=float(at_bias.sum_std),
             evaluate=lambda b: self._quiet_moments(stats, b),
+            spec=self,
         )
 
 

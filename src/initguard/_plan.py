@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._errors import InvalidInputError
+
+
+class BatchLoss(NamedTuple):
+    """Exact losses of constant outputs on one batch's targets.
+
+    Attributes:
+        at_bias: the loss at the planned bias.
+        at_zero: the loss at a zero bias.
+        doubled: the loss when the activated bias is fed to the loss again
+            (probabilities given to a loss that expects logits), or NaN when
+            the output has no softmax or sigmoid.
+    """
+
+    at_bias: float
+    at_zero: float
+    doubled: float
 
 
 class Moments(NamedTuple):
@@ -71,6 +87,7 @@ class Plan:
     evaluate: Callable[[np.ndarray], Moments] | None = field(
         default=None, repr=False, compare=False
     )
+    spec: Any = field(default=None, repr=False, compare=False)
 
     def batch_scale(self, batch_size: int) -> float:
         """Factor from the mean-reduced loss to one batch's reduced loss."""
@@ -98,3 +115,89 @@ class Plan:
         if self.evaluate is None:
             raise InvalidInputError("This plan holds no statistics to evaluate other outputs.")
         return self.evaluate(np.asarray(bias, dtype=np.float64)).mean
+
+    def batch_loss(self, targets: Any) -> BatchLoss:
+        """The exact loss of the constant outputs on one batch's targets.
+
+        A measured first-batch loss differs from ``expected_loss`` partly
+        because the batch is a sample of the data; on the batch's own targets
+        that part vanishes, and what remains is what the model adds.
+
+        Args:
+            targets: the targets of the batch, shaped as for ``plan``.
+
+        Returns:
+            The losses at the bias, at a zero bias and at the doubly
+            activated bias, reduced as the plan's loss reduces a batch.
+
+        Raises:
+            InvalidInputError: the targets do not fit, or hold no usable
+                sample (every target ignored).
+        """
+        if self.spec is None:
+            raise InvalidInputError("This plan holds no loss description to evaluate a batch.")
+        spec = self.spec
+        # A batch need not show every class: the plan's width decides.
+        names = {f.name for f in fields(spec)}
+        if "num_classes" in names and spec.num_classes is None:
+            spec = replace(spec, num_classes=int(self.bias.shape[0]))
+        stats = spec.new_stats().update(targets)
+        if spec.samples(stats) == 0:
+            raise InvalidInputError("The batch holds no usable target (every target ignored).")
+
+        doubled = activated(self.bias, self.activation)
+        with np.errstate(all="ignore"):
+            at_bias = spec.moments(stats, self.bias)
+            at_zero = spec.moments(stats, np.zeros_like(self.bias))
+            at_doubled = math.nan if doubled is None else spec.moments(stats, doubled).mean
+        scale = 1.0
+        if self.reduction == "sum":
+            scale = spec.samples(stats) * at_bias.sum_scale
+        return BatchLoss(
+            float(at_bias.mean) * scale, float(at_zero.mean) * scale, float(at_doubled) * scale
+        )
+
+    def spread_excess(self, deviations: np.ndarray, batch_size: int = 1) -> float:
+        """How much outputs spread around the bias raise the expected loss.
+
+        A fresh final layer's random weights add a zero-mean deviation ``e``
+        to the bias for every sample. For deviations independent of the
+        targets and symmetric around zero, the expected loss is the mean
+        over samples of ``(L(b + e) + L(b - e)) / 2``; the excess over
+        ``L(b)`` is what the measured step-0 loss may sit above the plan.
+
+        Args:
+            deviations: head outputs minus the head's bias, ``[rows, width]``
+                (at most 64 rows are used).
+            batch_size: rows of a batch, for a summed loss. Defaults to 1.
+
+        Returns:
+            The excess, reduced as the plan's loss reduces a batch (>= 0).
+        """
+        if self.evaluate is None:
+            raise InvalidInputError("This plan holds no statistics to evaluate other outputs.")
+        rows = np.asarray(deviations, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != self.bias.shape[0]:
+            raise InvalidInputError(
+                f"`deviations` must be shaped [rows, {self.bias.shape[0]}]; received {rows.shape}."
+            )
+        rows = rows[np.all(np.isfinite(rows), axis=1)][:64]
+        if rows.shape[0] == 0:
+            return 0.0
+        base = self.loss_at(self.bias)
+        with np.errstate(all="ignore"):
+            pairs = [self.loss_at(self.bias + e) + self.loss_at(self.bias - e) for e in rows]
+        excess = float(np.mean(pairs)) / 2 - base
+        if not math.isfinite(excess):
+            return math.inf
+        return max(excess, 0.0) * self.batch_scale(batch_size)
+
+
+def activated(bias: np.ndarray, activation: str) -> np.ndarray | None:
+    """The bias after the output's softmax or sigmoid, or None for other outputs."""
+    if activation == "softmax":
+        shifted = np.exp(bias - bias.max())
+        return shifted / shifted.sum()
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-bias))
+    return None
