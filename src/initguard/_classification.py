@@ -113,8 +113,8 @@ def _floor_unseen(log_p: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, list
         log_p[~seen] = floor
         shown = ", ".join(str(i) for i in unseen[:10]) + (" ..." if unseen.size > 10 else "")
         notes.append(
-            f"{unseen.size} class(es) never occur in the targets ({shown}); "
-            f"their bias is floored at {floor:.4f} instead of -inf"
+            f"{unseen.size} class(es) never occur in the targets, or have weight 0 "
+            f"({shown}); their bias is floored at {floor:.4f} instead of -inf"
         )
     return log_p, notes
 

@@ -328,3 +328,10 @@ def test_float_class_indices_are_read_as_labels_given_num_classes() -> None:
 def test_weight_length_sets_the_width_of_class_indices() -> None:
     plan = initguard.plan([0, 1, 1], "cross_entropy", weight=[1.0, 1.0, 2.0, 2.0])
     assert plan.bias.shape == (4,)
+
+
+def test_a_zero_weight_class_is_named_as_such():
+    plan = initguard.plan([0, 1, 1, 2], "cross_entropy", weight=[1.0, 1.0, 0.0])
+
+    assert plan.notes[0].startswith("1 class(es) never occur in the targets, or have weight 0")
+    assert np.isfinite(plan.bias).all()
