@@ -110,8 +110,10 @@ def find_output_layer(
         run_forward: runs one forward pass of ``model`` and returns its output.
 
     Raises:
-        InvalidInputError: the output is not one tensor, no module with a
-            bias produced it, or several did (the message lists them).
+        InvalidInputError: the forward pass failed (the model has no
+            ``forward``, or it needs more than the batch inputs), the output
+            is not one tensor, no module with a bias produced it, or several
+            did (the message lists them).
     """
     produced: dict[int, list[str]] = {}
     by_tensor: dict[int, list[str]] = {}
@@ -134,6 +136,21 @@ def find_output_layer(
     try:
         with torch.enable_grad():
             output = run_forward()
+    except InvalidInputError:
+        raise
+    except Exception as error:
+        # A model that computes everything in training_step (no forward), or
+        # whose forward takes more than the batch inputs, cannot be traced;
+        # the layer can still be named.
+        detail = " ".join(str(error).split())
+        if len(detail) > 200:
+            detail = detail[:197] + "..."
+        raise InvalidInputError(
+            f"The output layer could not be traced because the forward pass of "
+            f"{type(model).__name__} on the batch inputs failed ({type(error).__name__}: "
+            f'{detail}); pass `layer="name.of.final.module"` (its name in '
+            "named_modules()) to name the final layer."
+        ) from error
     finally:
         for handle in handles:
             handle.remove()

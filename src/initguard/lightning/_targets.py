@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from torch.utils.data import (
     IterableDataset,
     Subset,
     TensorDataset,
+    default_collate,
+    default_convert,
 )
 
 from .._errors import InvalidInputError
@@ -105,11 +108,114 @@ def untouched_randomness(loader: Any) -> Iterator[None]:
                 generator.set_state(state)
 
 
-def first_rows(loader: DataLoader[Any]) -> Any | None:
-    """The first two rows of a TensorDataset as a batch, without iterating the loader."""
+def first_batch(loader: DataLoader[Any]) -> Any:
+    """A small batch of what training sees, to trace the model's output layer with.
+
+    A TensorDataset served with torch's default collation gives its first two
+    rows without iterating the loader; any other loader gives its first
+    batch, drawn with the loader's randomness restored afterwards.
+
+    Raises:
+        InvalidInputError: the loader yields nothing, or its dataset is an
+            IterableDataset that can be iterated only once.
+    """
     dataset = loader.dataset
-    if isinstance(dataset, TensorDataset):
+    if _serves_as_stored(loader) is None and _plain_getitem(dataset, TensorDataset):
+        assert isinstance(dataset, TensorDataset)
         return tuple(t[:2] for t in dataset.tensors)
+    refuse_one_shot(loader)
+    with untouched_randomness(loader):
+        batch = next(iter(loader), _NOTHING)
+    if batch is _NOTHING:
+        raise InvalidInputError(
+            "The training DataLoader yields no batch, so initguard has nothing to trace the "
+            "model with and no targets to read."
+        )
+    return batch
+
+
+# The name the callback calls; it now always returns a batch.
+first_rows = first_batch
+
+_NOTHING = object()
+
+
+def refuse_one_shot(loader: DataLoader[Any]) -> None:
+    """Fails before an IterableDataset that can be iterated only once is touched.
+
+    Training needs every item of such a stream, so initguard must not read
+    any of it. A dataset that is itself an iterator, or whose ``__iter__``
+    returns the same iterator on every call, is one-shot.
+
+    Raises:
+        InvalidInputError: the dataset is such a stream.
+    """
+    dataset = loader.dataset
+    if not isinstance(dataset, IterableDataset):
+        return
+    if isinstance(dataset, Iterator):
+        one_shot = True
+    else:
+        first, second = iter(dataset), iter(dataset)
+        one_shot = first is second
+        if not one_shot:
+            # Fresh generators that never ran: closing them runs no user code.
+            for fresh in (first, second):
+                if isinstance(fresh, types.GeneratorType):
+                    fresh.close()
+    if one_shot:
+        raise InvalidInputError(_one_shot_message(dataset, "returns the same iterator each time"))
+
+
+def _one_shot_message(dataset: Any, why: str) -> str:
+    return (
+        f"The training dataset {type(dataset).__name__} is an IterableDataset that can be "
+        f"iterated only once (its __iter__ {why}), and reading it would take the data "
+        "training needs. Pass `targets=` (the training targets) and `layer=` (or set the "
+        "module's `example_input_array`), so initguard does not iterate the loader; or make "
+        "__iter__ start a fresh pass over the data on every call."
+    )
+
+
+def _serves_as_stored(loader: DataLoader[Any]) -> str | None:
+    """Why the loader's batches may differ from its dataset's rows, or None when they cannot.
+
+    Torch's default collation only stacks what ``__getitem__`` returns; any
+    other ``collate_fn`` may change the targets (remap labels, pad, drop rows).
+    """
+    collate = loader.collate_fn
+    if collate is default_collate or collate is default_convert:
+        return None
+    name = getattr(collate, "__qualname__", None) or type(collate).__name__
+    return f"the DataLoader has its own collate_fn ({name}), which may change the targets"
+
+
+def _plain_getitem(dataset: Any, cls: type) -> bool:
+    """``dataset`` is a ``cls`` whose ``__getitem__`` is torch's own."""
+    own = getattr(cls, "__getitem__", None)
+    return isinstance(dataset, cls) and getattr(type(dataset), "__getitem__", None) is own
+
+
+# Attributes under which datasets keep a transform applied to the targets.
+_TARGET_TRANSFORMS = (
+    "target_transform",
+    "target_transforms",
+    "label_transform",
+    "labels_transform",
+    "transform_target",
+)
+
+
+def _target_transform(dataset: Any) -> str | None:
+    """The attribute holding a transform of the targets, or None when there is none."""
+    for attribute in _TARGET_TRANSFORMS:
+        if getattr(dataset, attribute, None) is not None:
+            return attribute
+    # torchvision's joint `transforms` (image and target together); its own
+    # StandardTransform wrapper states the target part separately.
+    joint = getattr(dataset, "transforms", None)
+    if joint is not None and getattr(joint, "target_transform", joint) is not None:
+        return "transforms"
     return None
 
 
@@ -138,37 +244,56 @@ def epoch_indices(loader: DataLoader[Any]) -> list[int] | None:
     return indices
 
 
+Taker = Callable[[np.ndarray], Any]
+
+
 def dataset_targets(
     dataset: Dataset[Any], targets_from_batch: TargetsOf | None
-) -> tuple[Callable[[np.ndarray], Any], str] | None:
-    """A function from indices to targets, read from what the dataset exposes.
+) -> tuple[Taker | None, str]:
+    """A function from indices to targets, read from what the dataset stores.
+
+    Only when those stored targets are provably what ``__getitem__`` returns:
+    torch's own TensorDataset, Subset and ConcatDataset, or a dataset with
+    ``.targets``/``.labels`` and no transform of the targets.
 
     Returns:
-        (take, description), or None when the dataset exposes no targets.
+        (take, description of the source), or (None, why the dataset's
+        stored targets cannot stand in for what training sees).
     """
     if isinstance(dataset, TensorDataset):
+        if not _plain_getitem(dataset, TensorDataset):
+            return None, f"{type(dataset).__name__} overrides TensorDataset.__getitem__"
         whole = (
             targets_from_batch(dataset.tensors)
             if targets_from_batch is not None
             else dataset.tensors[-1]
         )
-        return _taker(whole), "the TensorDataset's last tensor" if targets_from_batch is None else (
-            "targets_from_batch applied to the TensorDataset's tensors"
+        what = (
+            "the TensorDataset's last tensor"
+            if targets_from_batch is None
+            else "targets_from_batch applied to the TensorDataset's tensors"
         )
+        return _taker(whole), what
 
     if isinstance(dataset, Subset):
-        inner = dataset_targets(dataset.dataset, targets_from_batch)
-        if inner is None:
-            return None
-        take_inner, what = inner
+        if not _plain_getitem(dataset, Subset):
+            return None, f"{type(dataset).__name__} overrides Subset.__getitem__"
+        take_inner, what = dataset_targets(dataset.dataset, targets_from_batch)
+        if take_inner is None:
+            return None, what
+        inner = take_inner
         mapping = np.asarray(dataset.indices, dtype=np.int64)
-        return (lambda idx: take_inner(mapping[idx])), f"{what} (through a Subset)"
+        return (lambda idx: inner(mapping[idx])), f"{what} (through a Subset)"
 
     if isinstance(dataset, ConcatDataset):
-        parts = [dataset_targets(d, targets_from_batch) for d in dataset.datasets]
-        if any(p is None for p in parts):
-            return None
-        takers = [p[0] for p in parts if p is not None]
+        if not _plain_getitem(dataset, ConcatDataset):
+            return None, f"{type(dataset).__name__} overrides ConcatDataset.__getitem__"
+        takers: list[Taker] = []
+        for part in dataset.datasets:
+            take, what = dataset_targets(part, targets_from_batch)
+            if take is None:
+                return None, what
+            takers.append(take)
         bounds = np.asarray(dataset.cumulative_sizes, dtype=np.int64)
 
         def take_concat(idx: np.ndarray) -> Any:
@@ -186,8 +311,14 @@ def dataset_targets(
         if values is not None and _is_sequence(values):
             if len(values) != len(dataset):  # type: ignore[arg-type]
                 continue
+            transform = _target_transform(dataset)
+            if transform is not None:
+                return None, (
+                    f"the dataset's `.{attribute}` are not what training sees: its "
+                    f"`{transform}` transforms them in __getitem__"
+                )
             return _taker(values), f"the dataset's `.{attribute}`"
-    return None
+    return None, "the dataset exposes no targets (TensorDataset, `.targets`, `.labels`)"
 
 
 def _is_sequence(values: Any) -> bool:
@@ -218,28 +349,37 @@ def collect(
 ) -> list[str]:
     """Adds one epoch's targets, as the loader would serve them, to ``stats``.
 
-    Reads the targets from the dataset where it exposes them; otherwise
-    iterates the loader (inputs included) for at most ``max_batches``
-    batches, as a last resort.
+    Reads the targets from the dataset where they are provably what the
+    training batches hold; otherwise iterates the loader (inputs included)
+    for at most ``max_batches`` batches.
 
     Returns:
-        Notes for the report saying which source was used.
+        Notes for the report saying which source was used, and why.
+
+    Raises:
+        InvalidInputError: the loader yields nothing, or iterating it would
+            use up a one-shot stream.
     """
-    found = dataset_targets(loader.dataset, targets_from_batch)
-    if found is not None:
+    take: Taker | None = None
+    why = _serves_as_stored(loader)
+    if why is None:
+        if isinstance(loader.dataset, IterableDataset):
+            why = "the dataset is an IterableDataset, whose items only iterating it gives"
+        else:
+            take, why = dataset_targets(loader.dataset, targets_from_batch)
+    if take is not None:
         indices = epoch_indices(loader)
         if indices is not None:
-            take, what = found
             if not indices:
                 raise InvalidInputError("The training DataLoader's sampler yields no index.")
             stats.update(take(np.asarray(indices, dtype=np.int64)))
             sampler = type(loader.sampler).__name__
             return [
-                f"targets read from {what}, {len(indices)} rows in the order and with the "
+                f"targets read from {why}, {len(indices)} rows in the order and with the "
                 f"repeats of one epoch of the loader's {sampler} (inputs not read)"
             ]
 
-    return _pass_over_loader(loader, stats, targets_from_batch, max_batches)
+    return _pass_over_loader(loader, stats, targets_from_batch, max_batches, why)
 
 
 def _pass_over_loader(
@@ -247,18 +387,30 @@ def _pass_over_loader(
     stats: Stats,
     targets_from_batch: TargetsOf | None,
     max_batches: int,
+    why: str,
 ) -> list[str]:
-    """The last resort: iterate the loader and keep only the target part of each batch."""
+    """Iterates the loader and keeps only the target part of each batch."""
+    refuse_one_shot(loader)
     batches = 0
     truncated = False
     with untouched_randomness(loader):
-        iterator = iter(loader)
-        for batch in itertools.islice(iterator, max_batches + 1):
+        for batch in itertools.islice(iter(loader), max_batches + 1):
             if batches == max_batches:
                 truncated = True
                 break
             stats.update(targets_of_batch(batch, targets_from_batch))
             batches += 1
+        # A stream that hands out fresh iterators over one shared source is
+        # empty after a full pass; say so rather than let training see nothing.
+        if (
+            batches
+            and not truncated
+            and isinstance(loader.dataset, IterableDataset)
+            and next(iter(loader), _NOTHING) is _NOTHING
+        ):
+            raise InvalidInputError(
+                _one_shot_message(loader.dataset, "gave nothing on a second pass")
+            )
     if batches == 0:
         raise InvalidInputError(
             "The training DataLoader yields no batch; initguard has no targets."
@@ -266,7 +418,7 @@ def _pass_over_loader(
 
     note = (
         f"targets read by a pass over the training DataLoader ({batches} batches, inputs "
-        "loaded too): the dataset exposes no targets (TensorDataset, `.targets`, `.labels`)"
+        f"loaded too), as training sees them: {why}"
     )
     if truncated:
         note += (

@@ -1,0 +1,356 @@
+"""Set-ups a new user tried: transformed targets, one-shot streams, rate activations, no forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch")
+
+import ig_lightning_kit as kit  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset  # noqa: E402
+
+from initguard import InvalidInputError, Verdict  # noqa: E402
+from initguard.lightning import InitGuard  # noqa: E402
+
+N = 1000
+
+
+def skewed_classes(seed=0):
+    """Inputs and labels 0/1/2 in 85/10/5 %, shuffled."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1, 2], [850, 100, 50])[rng.permutation(N)]
+    x = rng.normal(size=(N, 4)).astype(np.float32)
+    return torch.tensor(x), torch.tensor(labels, dtype=torch.long)
+
+
+class VisionLike(Dataset):
+    """A torchvision-style dataset: ``.targets`` stored raw, transformed in ``__getitem__``."""
+
+    def __init__(self, x, targets, target_transform=None, transforms=None):
+        self.data, self.targets = x, targets
+        self.target_transform = target_transform
+        self.transforms = transforms
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        image, target = self.data[i], int(self.targets[i])
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def fit(model, loader, guard):
+    snapshot = kit.Snapshot()
+    kit.trainer(max_steps=1, callbacks=[guard, snapshot]).fit(model, loader)
+    return guard.report, snapshot.at_start["head.bias"].double()
+
+
+def classifier(loss, width):
+    torch.manual_seed(0)
+    return kit.Net(4, width, loss, zero_head=True)
+
+
+# ------------------------------------------------- targets as training sees them
+
+
+@pytest.mark.parametrize(
+    "dataset_args",
+    [
+        {"target_transform": lambda t: 2 - t},
+        {"transforms": lambda image, t: (image, 2 - t)},
+    ],
+    ids=["target_transform", "joint_transforms"],
+)
+def test_a_remapping_target_transform_is_honoured(dataset_args):
+    x, y = skewed_classes()
+    data = VisionLike(x, y, **dataset_args)
+    model = classifier(nn.CrossEntropyLoss(), 3)
+    report, bias = fit(model, DataLoader(data, batch_size=N), InitGuard())
+
+    # Training sees label 2 - t: classes 0/1/2 in 5/10/85 %.
+    assert torch.log_softmax(bias, 0).numpy() == pytest.approx(np.log([0.05, 0.10, 0.85]))
+    assert report.verdict is Verdict.PASS
+    measured = float(nn.CrossEntropyLoss()(bias.expand(N, 3), 2 - y))
+    assert report.expected_loss == pytest.approx(measured, rel=1e-9)
+    assert report.step0_loss == pytest.approx(measured, rel=1e-5)
+    transform = next(iter(dataset_args))
+    assert any(
+        "pass over the training DataLoader" in n and f"its `{transform}` transforms them" in n
+        for n in report.notes
+    )
+
+
+def test_a_binary_target_transform_gives_no_false_range_error():
+    x, y = skewed_classes(1)
+    data = VisionLike(x, y, target_transform=lambda t: torch.tensor([float(t == 2)]))
+    model = classifier(nn.BCEWithLogitsLoss(), 1)
+    report, bias = fit(model, DataLoader(data, batch_size=N), InitGuard())
+
+    positives = (y == 2).double()[:, None]
+    assert torch.sigmoid(bias).item() == pytest.approx(0.05)
+    measured = float(nn.BCEWithLogitsLoss()(bias.expand(N, 1), positives))
+    assert report.expected_loss == pytest.approx(measured, rel=1e-9)
+    assert report.step0_loss == pytest.approx(measured, rel=1e-5)
+    assert report.verdict is Verdict.PASS
+
+
+def remap_collate(rows):
+    """Stacks the rows and turns label t into 2 - t."""
+    x = torch.stack([row[0] for row in rows])
+    y = torch.stack([row[1] for row in rows])
+    return x, 2 - y
+
+
+def test_a_collate_fn_that_remaps_labels_is_honoured():
+    x, y = skewed_classes(2)
+    loader = DataLoader(TensorDataset(x, y), batch_size=250, collate_fn=remap_collate)
+    report, bias = fit(classifier(nn.CrossEntropyLoss(), 3), loader, InitGuard())
+
+    assert torch.log_softmax(bias, 0).numpy() == pytest.approx(np.log([0.05, 0.10, 0.85]))
+    measured = float(nn.CrossEntropyLoss()(bias.expand(N, 3), 2 - y))
+    assert report.expected_loss == pytest.approx(measured, rel=1e-9)
+    assert any("4 batches" in n and "own collate_fn (remap_collate)" in n for n in report.notes)
+
+
+def test_untransformed_targets_still_take_the_shortcut():
+    x, y = skewed_classes(3)
+    report, bias = fit(
+        classifier(nn.CrossEntropyLoss(), 3),
+        DataLoader(VisionLike(x, y), batch_size=N),
+        InitGuard(),
+    )
+    assert torch.log_softmax(bias, 0).numpy() == pytest.approx(np.log([0.85, 0.10, 0.05]))
+    assert any("the dataset's `.targets`" in n and "inputs not read" in n for n in report.notes)
+
+
+# ------------------------------------------------------------ one-shot streams
+
+
+def rows(n=64, seed=0):
+    x, y = kit.binary_data(n, 0.3, seed)
+    return x, y, list(zip(x, y, strict=True))
+
+
+class Shared(IterableDataset):
+    """Hands out the same generator on every ``__iter__``: one pass only."""
+
+    def __init__(self, items):
+        self.taken = 0
+        self.source = self._serve(items)
+
+    def _serve(self, items):
+        for item in items:
+            self.taken += 1
+            yield item
+
+    def __iter__(self):
+        return self.source
+
+
+class SelfIterating(IterableDataset):
+    """The dataset is its own iterator."""
+
+    def __init__(self, items):
+        self.items, self.taken = items, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.taken == len(self.items):
+            raise StopIteration
+        self.taken += 1
+        return self.items[self.taken - 1]
+
+
+class Wrapped(IterableDataset):
+    """A fresh generator each time, over one shared source: one pass only."""
+
+    def __init__(self, items):
+        self.source = iter(items)
+
+    def __iter__(self):
+        yield from self.source
+
+
+def binary_model():
+    torch.manual_seed(0)
+    return kit.Net(8, 1, nn.BCEWithLogitsLoss(), squeeze=True)
+
+
+@pytest.mark.parametrize("layer", [None, "head"])
+@pytest.mark.parametrize("stream", [Shared, SelfIterating])
+def test_one_shot_streams_are_refused_untouched(stream, layer):
+    _, _, items = rows()
+    data = stream(items)
+    with pytest.raises(InvalidInputError, match=r"iterated only once .*Pass `targets=`"):
+        kit.trainer(max_steps=1, callbacks=[InitGuard(layer=layer)]).fit(
+            binary_model(), DataLoader(data, batch_size=16)
+        )
+    # Lightning's own fetcher holds the first batch for training (it prefetches
+    # it before on_fit_start); initguard read nothing more.
+    assert data.taken == 16
+    assert torch.equal(next(iter(data))[0], items[16][0])
+
+
+def test_a_stream_empty_on_its_second_pass_is_reported():
+    _, _, items = rows()
+    with pytest.raises(InvalidInputError, match=r"Wrapped .*gave nothing on a second pass"):
+        kit.trainer(max_steps=1, callbacks=[InitGuard(layer="head")]).fit(
+            binary_model(), DataLoader(Wrapped(items), batch_size=16)
+        )
+
+
+class Empty(IterableDataset):
+    def __iter__(self):
+        return iter([])
+
+
+@pytest.mark.parametrize("layer", [None, "head"])
+def test_an_empty_stream_raises_a_clear_error(layer):
+    with pytest.raises(InvalidInputError, match=r"DataLoader yields no batch"):
+        kit.trainer(max_steps=1, callbacks=[InitGuard(layer=layer)]).fit(
+            binary_model(), DataLoader(Empty(), batch_size=16)
+        )
+
+
+def test_a_one_shot_stream_trains_with_targets_and_layer_given():
+    _, y, items = rows()
+
+    class Count(L.Callback):
+        batches = 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            Count.batches += 1
+
+    guard = InitGuard(layer="head", targets=y.numpy())
+    snapshot = kit.Snapshot()
+    kit.trainer(max_epochs=1, callbacks=[guard, snapshot, Count()]).fit(
+        binary_model(), DataLoader(Shared(items), batch_size=16)
+    )
+    # Training saw the whole stream and the bias is the log-odds of the targets.
+    assert Count.batches == 4
+    rate = float(y.double().mean())
+    assert snapshot.at_start["head.bias"].item() == pytest.approx(np.log(rate / (1 - rate)))
+    assert guard.report.verdict is not Verdict.SKIPPED
+
+
+# --------------------------------------------------------- rate activations
+
+
+class SoftplusRate(kit.Net):
+    def forward(self, x):
+        return F.softplus(self.head(self.body(x)))
+
+
+def test_softplus_poisson_rate_gets_its_own_bias():
+    rng = np.random.default_rng(5)
+    y = torch.tensor(rng.poisson(4.0, size=(512, 1)), dtype=torch.float32)
+    x = torch.tensor(rng.normal(size=(512, 8)), dtype=torch.float32)
+    torch.manual_seed(0)
+    loss = nn.PoissonNLLLoss(log_input=False)
+    # In float64, so the bias resolves torch's eps of 1e-8.
+    model = SoftplusRate(8, 1, loss, hidden=16, zero_head=True).double()
+    assert model.head.in_features == 16
+    guard = InitGuard(loss_options={"activation": "softplus"})
+    report, bias = fit(model, kit.loader(x.double(), y.double(), batch_size=512), guard)
+
+    rate = F.softplus(bias)
+    assert rate.item() == pytest.approx(y.double().mean().item() - loss.eps, rel=1e-12)
+    measured = float(loss(rate.expand(512, 1), y.double()))
+    assert report.expected_loss == pytest.approx(measured, rel=1e-9)
+    assert report.step0_loss == pytest.approx(measured, rel=1e-5)
+    assert report.verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize(
+    ("loss", "pattern"),
+    [
+        (
+            nn.PoissonNLLLoss(log_input=False),
+            r"PoissonNLLLoss\(log_input=False\).*loss_options=\{'activation': \.\.\.\}: 'exp'"
+            r".*'softplus'.*'identity'",
+        ),
+        (
+            nn.GaussianNLLLoss(),
+            r"GaussianNLLLoss .*loss_options=\{'variance_activation': \.\.\.\}: 'exp'"
+            r".*'softplus'.*'identity'",
+        ),
+    ],
+    ids=["poisson_rate", "gaussian"],
+)
+def test_an_unrecorded_activation_must_be_given(loss, pattern):
+    with pytest.raises(InvalidInputError, match=pattern):
+        InitGuard(loss)
+    # Found on the module at fit start: the same error, before any bias is written.
+    x, y = kit.binary_data(64, 0.5, 0)
+    model = kit.Net(8, 2, loss)
+    before = model.head.bias.detach().clone()
+    with pytest.raises(InvalidInputError, match=pattern):
+        kit.trainer(max_steps=1, callbacks=[InitGuard()]).fit(
+            model, kit.loader(x, y[:, None].repeat(1, 2))
+        )
+    assert torch.equal(model.head.bias, before)
+
+
+# ------------------------------------------------------ models that cannot trace
+
+
+class NoForward(L.LightningModule):
+    """Everything in training_step; no forward."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.head = nn.Linear(16, 1)
+        nn.init.zeros_(self.head.weight)
+        self.loss = nn.BCEWithLogitsLoss()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss(self.head(self.body(x)).squeeze(-1), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class MaskedForward(NoForward):
+    def forward(self, x, mask):
+        return self.head(self.body(x * mask))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss(self(x, torch.ones_like(x)).squeeze(-1), y)
+
+
+@pytest.mark.parametrize(
+    ("model", "error"),
+    [(NoForward, "NotImplementedError"), (MaskedForward, "TypeError")],
+)
+def test_an_untraceable_forward_asks_for_layer(model, error):
+    x, y = kit.binary_data(256, 0.1, 0)
+    pattern = (
+        r"output layer could not be traced because the forward pass of "
+        + model.__name__
+        + r" .*failed \("
+        + error
+        + r": .*pass `layer=\"name\.of\.final\.module\"`"
+    )
+    with pytest.raises(InvalidInputError, match=pattern):
+        kit.trainer(max_steps=1, callbacks=[InitGuard()]).fit(model(), kit.loader(x, y))
+
+    guard = InitGuard(layer="head")
+    report, bias = fit(model(), kit.loader(x, y, batch_size=256), guard)
+    rate = float(y.double().mean())
+    assert bias.item() == pytest.approx(np.log(rate / (1 - rate)))
+    assert report.verdict is Verdict.PASS
+    assert report.step0_loss == pytest.approx(report.expected_loss, rel=1e-5)
