@@ -10,7 +10,6 @@ L = pytest.importorskip("lightning.pytorch")
 
 import ig_lightning_kit as kit  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset  # noqa: E402
 
 from initguard import InvalidInputError, Verdict  # noqa: E402
@@ -248,7 +247,7 @@ def test_a_one_shot_stream_trains_with_targets_and_layer_given():
 
 class SoftplusRate(kit.Net):
     def forward(self, x):
-        return F.softplus(self.head(self.body(x)))
+        return nn.functional.softplus(self.head(self.body(x)))
 
 
 def test_softplus_poisson_rate_gets_its_own_bias():
@@ -263,7 +262,7 @@ def test_softplus_poisson_rate_gets_its_own_bias():
     guard = InitGuard(loss_options={"activation": "softplus"})
     report, bias = fit(model, kit.loader(x.double(), y.double(), batch_size=512), guard)
 
-    rate = F.softplus(bias)
+    rate = nn.functional.softplus(bias)
     assert rate.item() == pytest.approx(y.double().mean().item() - loss.eps, rel=1e-12)
     measured = float(loss(rate.expand(512, 1), y.double()))
     assert report.expected_loss == pytest.approx(measured, rel=1e-9)
