@@ -134,7 +134,7 @@ def first_batch(loader: DataLoader[Any]) -> Any:
     return batch
 
 
-# The name the callback calls; it now always returns a batch.
+# The name the callback calls (it never returns None).
 first_rows = first_batch
 
 _NOTHING = object()
