@@ -111,20 +111,20 @@ def test_subclassed_model_is_built_before_train_begins_on_torch() -> None:
 
 def test_strict_failure_stops_before_the_second_step() -> None:
     keras.utils.set_random_seed(0)
-    features, labels = _data(0, rate=0.05)
+    features, labels = _data(0, n=1024, rate=0.02)
     model = _mlp(1, "sigmoid")
     model.compile(optimizer="sgd", loss="binary_crossentropy")
     guard = InitGuard(labels, set_bias=False, strict=True)
     with pytest.raises(InitLossError, match="before the second optimizer step"):
-        model.fit(features, labels, batch_size=128, epochs=2, verbose=0, callbacks=[guard])
+        model.fit(features, labels, batch_size=256, epochs=2, verbose=0, callbacks=[guard])
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_probabilities_fed_to_a_from_logits_loss_fire(seed: int) -> None:
     # The torch backend does not repair a sigmoid output under from_logits=True:
-    # the loss sees sigmoid(0.05) = 0.51 where the bias meant 0.05.
-    features, labels = _data(seed, rate=0.05)
+    # the loss sees sigmoid(0.02) = 0.505 where the bias meant 0.02 (loss 0.69, not 0.098).
+    features, labels = _data(seed, n=1024, rate=0.02)
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
     for activation, verdict in (("linear", Verdict.PASS), ("sigmoid", Verdict.FAIL)):
         keras.utils.set_random_seed(seed)
@@ -133,11 +133,11 @@ def test_probabilities_fed_to_a_from_logits_loss_fire(seed: int) -> None:
         guard = InitGuard(labels)
         if verdict is Verdict.FAIL:
             with _warns("probabilities are fed to a loss that expects logits"):
-                model.fit(features, labels, batch_size=128, verbose=0, callbacks=[guard])
+                model.fit(features, labels, batch_size=256, verbose=0, callbacks=[guard])
             assert guard.report is not None
             assert any("from_logits=True" in note for note in guard.report.notes)
         else:
-            model.fit(features, labels, batch_size=128, verbose=0, callbacks=[guard])
+            model.fit(features, labels, batch_size=256, verbose=0, callbacks=[guard])
         assert guard.report is not None and guard.report.verdict is verdict, guard.report
 
 
