@@ -10,7 +10,7 @@ from ._check import Report, Verdict, check
 from ._config import Tolerance, resolve_strict
 from ._errors import InitLossError, InitLossWarning, InvalidInputError
 from ._loss_base import LossSpec, make_loss
-from ._plan import Plan
+from ._plan import BatchLoss, Plan
 from ._stats import Stats
 
 log = logging.getLogger("initguard")
@@ -60,11 +60,15 @@ class Guard:
         layer: str,
         notes: tuple[str, ...] = (),
         is_global_zero: bool = True,
+        batch: BatchLoss | None = None,
+        spread_excess: float | None = None,
     ) -> Report:
         """Checks the first batch's loss, logs the summary, then warns or raises.
 
         Every process calls this with the same (reduced) numbers, so every
         process reaches the same verdict and, when strict, raises together.
+        ``batch`` and ``spread_excess`` are passed to ``check`` (the exact
+        batch losses and the measured fresh-head spread, when known).
 
         Raises:
             InitLossError: the check failed and the guard is strict.
@@ -80,6 +84,8 @@ class Guard:
             bias_set=bias_set,
             layer=layer,
             notes=notes,
+            batch=batch,
+            spread_excess=spread_excess,
         )
         self.act(is_global_zero)
         return self.report

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
+from torch.utils.data import TensorDataset, default_collate, default_convert
 from typing_extensions import override
 
 from .._check import Report, skipped
@@ -18,6 +19,7 @@ from .._config import Tolerance
 from .._errors import InvalidInputError
 from .._guard import Guard
 from .._loss_base import LossSpec
+from .._plan import BatchLoss, Plan
 from .._stats import Stats
 from .._targets import to_numpy
 from . import _layers, _targets
@@ -146,6 +148,10 @@ class InitGuard(Callback):
         self._head_name = ""
         self._notes: list[str] = []
         self._width_is_classes = False
+        # The fresh head's output minus its old bias, [rows, width], from the
+        # tracing pass; and the loss that spread adds (rank-local).
+        self._deviations: np.ndarray | None = None
+        self._spread: float | None = None
         self.restored_report: dict[str, Any] | None = None
 
     @property
@@ -216,6 +222,8 @@ class InitGuard(Callback):
         self._bias_set = False
         self._head_name = ""
         self._notes = []
+        self._deviations = None
+        self._spread = None
 
     def _skip(self, trainer: Trainer, reason: str) -> None:
         report = skipped(
@@ -293,11 +301,15 @@ class InitGuard(Callback):
         self, trainer: Trainer, pl_module: LightningModule, loader: Any
     ) -> _layers.Head | None:
         if self._layer is not None:
+            self._notes.append(
+                "fresh-head spread not measured: `layer=` was given, so no forward pass ran"
+            )
             return _layers.by_name(pl_module, self._layer)
 
+        outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         try:
-            return _layers.find_output_layer(
-                pl_module, lambda: self._forward_once(trainer, pl_module, loader)
+            head = _layers.find_output_layer(
+                pl_module, lambda: self._forward_once(trainer, pl_module, loader, outputs)
             )
         except InvalidInputError as error:
             if self._set_bias:
@@ -305,9 +317,26 @@ class InitGuard(Callback):
             # Checking alone needs no layer.
             self._notes.append(f"output layer not identified ({error})")
             return None
+        self._deviations = _deviations(head, outputs.get(head.name, []))
+        if self._deviations is None:
+            self._notes.append(
+                f"fresh-head spread not measured: the output of layer {head.name!r} could not "
+                f"be read as [rows, {head.width}] from at least {_MIN_SPREAD_ROWS} rows"
+            )
+        return head
 
-    def _forward_once(self, trainer: Trainer, pl_module: LightningModule, loader: Any) -> Any:
-        """One forward pass of a little real input, with no lasting effect on the model."""
+    def _forward_once(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        loader: Any,
+        outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]],
+    ) -> Any:
+        """One forward pass of a little real input, with no lasting effect on the model.
+
+        Every module with a bias slot records its output and its bias as they
+        were (before initguard writes one) into ``outputs``.
+        """
         example = pl_module.example_input_array
         args: tuple[Any, ...]
         kwargs: dict[str, Any]
@@ -319,7 +348,9 @@ class InitGuard(Callback):
             else:
                 args, kwargs = (example,), {}
         else:
-            batch = _targets.first_rows(loader)
+            batch = _sample_rows(loader)
+            if batch is None:
+                batch = _targets.first_rows(loader)
             if batch is None:
                 with _targets.untouched_randomness(loader):
                     batch = next(iter(loader))
@@ -329,6 +360,20 @@ class InitGuard(Callback):
         args = move_data_to_device(precision.convert_input(args), pl_module.device)
         kwargs = move_data_to_device(precision.convert_input(kwargs), pl_module.device)
 
+        def record(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor):
+                    bias = getattr(module, "bias", None)
+                    old = bias.detach().clone() if isinstance(bias, torch.Tensor) else None
+                    outputs.setdefault(name, []).append((output.detach(), old))
+
+            return hook
+
+        handles = [
+            m.register_forward_hook(record(n))
+            for n, m in pl_module.named_modules()
+            if n and hasattr(m, "bias")
+        ]
         # Evaluation mode, so batch-norm statistics do not move; the modes are
         # restored one by one afterwards.
         modes = {m: m.training for m in pl_module.modules()}
@@ -337,6 +382,8 @@ class InitGuard(Callback):
             with torch.random.fork_rng(devices=[]), precision.forward_context():
                 return pl_module(*args, **kwargs)
         finally:
+            for handle in handles:
+                handle.remove()
             for module, mode in modes.items():
                 module.training = mode
 
@@ -435,14 +482,40 @@ class InitGuard(Callback):
             )
             return
 
-        rows = self._batch_rows(trainer, batch)
-        values = torch.tensor([loss, float(rows)], dtype=torch.float64)
-        if trainer.world_size > 1:
-            # DDP averages the ranks' losses; their rows add up.
+        targets, rows = self._batch_targets(trainer, batch)
+        plan = self._guard.plan
+        assert plan is not None
+        exact = _batch_loss(plan, targets)
+        spread = self._spread_excess(plan, rows)
+        # One collective for everything: the loss, the rows, the exact batch
+        # losses and the spread, each with a flag saying this rank had it.
+        values = torch.tensor(
+            [
+                loss,
+                float(rows),
+                *(exact if exact is not None else (0.0, 0.0, 0.0)),
+                float(exact is not None),
+                spread if spread is not None else 0.0,
+                float(spread is not None),
+            ],
+            dtype=torch.float64,
+        )
+        world = trainer.world_size
+        if world > 1:
+            # DDP averages the ranks' losses (and so the exact batch losses
+            # and spreads, each a rank's own); their rows add up.
             values = trainer.strategy.reduce(values.to(pl_module.device), reduce_op="sum")
             values = values.cpu()
-            values[0] /= trainer.world_size
+            for index in (0, 2, 3, 4, 6):
+                values[index] /= world
         step0, total_rows = float(values[0]), int(values[1])
+        everywhere = float(world)
+        batch_loss = (
+            BatchLoss(float(values[2]), float(values[3]), float(values[4]))
+            if float(values[5]) == everywhere
+            else None
+        )
+        spread_excess = float(values[6]) if float(values[7]) == everywhere else None
 
         self._guard.conclude(
             step0,
@@ -451,6 +524,8 @@ class InitGuard(Callback):
             layer=self._head_name,
             notes=tuple(self._notes),
             is_global_zero=trainer.is_global_zero,
+            batch=batch_loss,
+            spread_excess=spread_excess,
         )
         self._log_metrics(trainer)
 
@@ -466,19 +541,31 @@ class InitGuard(Callback):
             loss *= trainer.accumulate_grad_batches
         return loss
 
-    def _batch_rows(self, trainer: Trainer, batch: Any) -> int:
+    def _batch_targets(self, trainer: Trainer, batch: Any) -> tuple[Any, int]:
+        """The first batch's targets (None when unreadable) and its row count."""
         try:
             targets = _targets.targets_of_batch(batch, self._targets_from_batch)
-            return int(targets.shape[0]) if hasattr(targets, "shape") else len(targets)
+            rows = int(targets.shape[0]) if hasattr(targets, "shape") else len(targets)
+            return targets, rows
         except (InvalidInputError, TypeError, IndexError):
             # The batch layout is the user's own; the loader knows its batch size.
             size = getattr(trainer.train_dataloader, "batch_size", None)
             if isinstance(size, int):
-                return size
+                return None, size
             raise InvalidInputError(
                 "initguard cannot count the rows of the first batch; pass "
                 "`targets_from_batch=` (a function returning the batch's targets)."
             ) from None
+
+    def _spread_excess(self, plan: Plan, rows: int) -> float | None:
+        """The loss this rank's fresh-head spread adds to a batch of ``rows`` rows."""
+        if self._spread is None and self._deviations is not None:
+            try:
+                self._spread = plan.spread_excess(self._deviations, rows)
+            except InvalidInputError as error:
+                self._notes.append(f"fresh-head spread not measured ({error})")
+            self._deviations = None
+        return self._spread
 
     def _log_metrics(self, trainer: Trainer) -> None:
         metrics = self._guard.metrics()
@@ -487,6 +574,66 @@ class InitGuard(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=0)
             logger.save()
+
+
+_MIN_SPREAD_ROWS = 8
+_SPREAD_ROWS = 64
+
+
+def _sample_rows(loader: Any) -> Any:
+    """Up to 64 rows of a plain TensorDataset served by torch's collation, else None.
+
+    More than the two rows tracing needs, so the head's spread is measured
+    on enough samples; the loader itself is not iterated.
+    """
+    dataset = getattr(loader, "dataset", None)
+    collate = getattr(loader, "collate_fn", None)
+    if type(dataset) is not TensorDataset or collate not in (default_collate, default_convert):
+        return None
+    return tuple(t[:_SPREAD_ROWS] for t in dataset.tensors)
+
+
+def _deviations(
+    head: _layers.Head, calls: list[tuple[torch.Tensor, torch.Tensor | None]]
+) -> np.ndarray | None:
+    """The head's outputs minus its bias, one row per sample (and position), or None."""
+    parts = []
+    for output, bias in calls:
+        # Linear-like layers put the output units last; convolutions on axis 1.
+        if isinstance(head.module, nn.modules.conv._ConvNd) and output.ndim >= 2:
+            axis = 1
+        elif output.ndim >= 1 and output.shape[-1] == head.width:
+            axis = output.ndim - 1
+        else:
+            return None
+        if output.shape[axis] != head.width:
+            return None
+        values = output.float().movedim(axis, -1).reshape(-1, head.width)
+        if bias is not None:
+            if bias.numel() != head.width:
+                return None
+            values = values - bias.float().reshape(1, -1)
+        parts.append(values.cpu().numpy().astype(np.float64))
+    if not parts:
+        return None
+    rows = np.concatenate(parts)
+    if rows.shape[0] < _MIN_SPREAD_ROWS:
+        return None
+    if rows.shape[0] > _SPREAD_ROWS:
+        # Dense outputs: positions from across the whole batch, not one corner.
+        rows = rows[np.linspace(0, rows.shape[0] - 1, _SPREAD_ROWS).astype(np.int64)]
+    return rows
+
+
+def _batch_loss(plan: Plan, targets: Any) -> BatchLoss | None:
+    """The constant outputs' exact losses on the first batch's targets, or None."""
+    if targets is None:
+        return None
+    try:
+        return plan.batch_loss(to_numpy(targets, "targets"))
+    except InvalidInputError:
+        # A batch whose targets are all ignored: its loss is NaN and fails.
+        return None
 
 
 def _plain(value: Any) -> Any:
