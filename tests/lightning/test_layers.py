@@ -72,16 +72,23 @@ def test_head_found_through_a_final_sigmoid_module():
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1), nn.Flatten(0), nn.Sigmoid())
     model = Module(net, nn.BCELoss())
     guard, snapshot = InitGuard(), kit.Snapshot()
-    report = run(model, guard, callbacks=[guard, snapshot])
+
+    class FirstTargets(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                self.y = batch[1].double().clone()
+
+    first = FirstTargets()
+    report = run(model, guard, callbacks=[guard, snapshot, first])
     assert report.layer == "net.2" and report.verdict is Verdict.PASS
-    rate = float(data().dataset.tensors[1].mean())
+    rate = float(data().dataset.tensors[1].double().mean())
     # The bias lives before the sigmoid: the logit of the positive rate.
-    assert snapshot.at_start["net.2.bias"].item() == pytest.approx(
-        np.log(rate / (1 - rate)), rel=1e-6
-    )
-    assert report.expected_loss == pytest.approx(
-        -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)), rel=1e-9
-    )
+    bias = snapshot.at_start["net.2.bias"].double()
+    assert bias.item() == pytest.approx(np.log(rate / (1 - rate)), rel=1e-6)
+    # The expectation is torch's BCELoss at the planned bias (written in float32) on the
+    # first batch's targets.
+    measured = float(nn.BCELoss()(torch.sigmoid(bias).expand_as(first.y), first.y))
+    assert report.expected_loss == pytest.approx(measured, rel=1e-6)
 
 
 def test_several_heads_feeding_the_output_are_listed():
