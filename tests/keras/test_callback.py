@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +102,61 @@ def test_digits_softmax_passes(seed: int) -> None:
     guard = InitGuard(labels, strict=True)
     _fit(model, features, labels, guard)
     assert guard.report is not None and guard.report.verdict is Verdict.PASS, guard.report
+
+
+class StopAfterTheCheck(keras.callbacks.Callback):
+    """Ends fit after its second batch: the check has concluded when that batch begins."""
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if batch >= 1:
+            self.model.stop_training = True
+
+
+def _default_keras_fit(features: Any, targets: Any, hidden: int, output: Any, loss: str) -> Any:
+    """A default-initialised Keras MLP trained with Adam at batch 32, as a user would."""
+    model = keras.Sequential(
+        [keras.Input((features.shape[1],)), keras.layers.Dense(hidden, activation="relu"), output]
+    )
+    model.compile(optimizer="adam", loss=loss)
+    guard = InitGuard(targets, strict=True)
+    model.fit(
+        features,
+        targets,
+        batch_size=32,
+        epochs=1,
+        verbose=0,
+        callbacks=[guard, StopAfterTheCheck()],
+    )
+    report = guard.report
+    assert report is not None and report.verdict is Verdict.PASS, report
+    assert report.batch_size == 32 and report.bias_set
+    assert not any("not the training data" in note for note in report.notes)
+    return report
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_default_keras_digits_mlp_passes(seed: int) -> None:
+    # Glorot-initialised softmax heads on standardised digits move the step-0 loss by
+    # -3 % to +31 % on these seeds: far beyond its sampling error, well inside the band.
+    keras.utils.set_random_seed(seed)
+    features, labels = load_digits(return_X_y=True)
+    features = StandardScaler().fit_transform(features).astype("float32")
+    output = keras.layers.Dense(10, activation="softmax")
+    report = _default_keras_fit(features, labels, 64, output, "sparse_categorical_crossentropy")
+    np.testing.assert_allclose(report.expected_loss, np.log(10), rtol=0.01)
+
+
+@pytest.mark.parametrize("positive", [0, 1])
+@pytest.mark.parametrize("seed", range(10))
+def test_default_keras_breast_cancer_mlp_passes(seed: int, positive: int) -> None:
+    # A sigmoid head on 30 standardised features moves the step-0 loss by -38 % to +123 %
+    # on these seeds (expected 0.660 for either class as positive).
+    keras.utils.set_random_seed(seed)
+    features, labels = load_breast_cancer(return_X_y=True)
+    features = StandardScaler().fit_transform(features).astype("float32")
+    targets = (labels == positive).astype("float32")
+    output = keras.layers.Dense(1, activation="sigmoid")
+    _default_keras_fit(features, targets, 16, output, "binary_crossentropy")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -399,6 +456,51 @@ def test_one_batch_epochs_are_read_at_epoch_end_or_before_validation() -> None:
         np.testing.assert_allclose(report.step0_loss, history.history["loss"][0], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("given", "options", "match"),
+    [
+        (slice(0, 100), {}, r"the 100 targets .* fill 4 batch\(es\) of 32 rows .* runs 13 steps"),
+        (
+            slice(None),
+            {"validation_split": 0.2},
+            r"the 400 targets .* fill 13 batch\(es\) of 32 rows .* runs 10 steps",
+        ),
+        (
+            slice(0, 100),
+            {"batch_size": 1024},
+            r"trains on 400 rows in one batch per epoch, but InitGuard was given 100 targets",
+        ),
+    ],
+    ids=["subset", "validation-split", "one-batch-subset"],
+)
+def test_targets_that_are_not_the_training_data_are_noted_and_logged(
+    caplog: pytest.LogCaptureFixture, given: slice, options: dict, match: str
+) -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 4)).astype("float32")
+    labels = (rng.random(400) < 0.3).astype("float32")
+    for targets, noted in ((labels[given], True), (labels, False)):
+        if not noted and "validation_split" in options:
+            targets = labels[:320]  # what fit keeps: the leading 80 %
+        keras.utils.set_random_seed(0)
+        model = _mlp(4, 1)
+        model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        guard = InitGuard(targets)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="initguard"):
+            _fit(model, features, labels, guard, **options)
+        report = guard.report
+        assert report is not None and report.verdict is not Verdict.SKIPPED
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        mismatch = [note for note in report.notes if "not the training data" in note]
+        if noted:
+            assert len(mismatch) == 1 and re.search(match, mismatch[0]), report.notes
+            assert re.search(r"validation_split.*pass exactly the targets", mismatch[0])
+            assert [m for m in warned if re.search(match, m)], warned
+        else:
+            assert mismatch == [] and not warned, (report.notes, warned)
+
+
 def test_metrics_reach_history_and_a_csv_logger_listed_after(tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
     features, labels = _breast_cancer()
@@ -512,7 +614,10 @@ def test_unbuilt_subclassed_model_needs_an_input_shape() -> None:
 
     model = OneHead()
     model.compile(optimizer="sgd", loss=loss)
-    with pytest.raises(InvalidInputError, match=r"not built when training begins.*input_shape"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"not built when training begins \(on the tensorflow backend.*input_shape",
+    ):
         _fit(model, features, labels, InitGuard(labels))
 
     model = OneHead()

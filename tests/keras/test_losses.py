@@ -202,21 +202,60 @@ def test_loss_argument_accepts_core_names_and_descriptions() -> None:
     assert guard.plan.loss == "quantile"
 
 
+class Scaled(L.Loss):
+    """A custom loss class: its formula is not one initguard can read."""
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return 2.0 * keras.ops.square(y_true - y_pred)
+
+
 @pytest.mark.parametrize(
     ("loss", "match"),
     [
-        (lambda y, p: y - p, "not one of Keras's built-in loss functions"),
+        (lambda y, p: y - p, r"'<lambda>': it is a custom function.*Supported Keras losses"),
+        (Scaled(), r"cannot read the custom loss Scaled.*Supported Keras losses: the classes"),
         ("not_a_loss", "is not a Keras loss name"),
         (42, "must be a Keras loss"),
         (L.MeanSquaredError(reduction="none"), "reduction='none' is not supported"),
         (L.CategoricalCrossentropy(axis=1), "axis=1 is not supported"),
-        (L.CosineSimilarity(), "not one of Keras's built-in losses"),
+        (
+            L.CosineSimilarity(),
+            r"keras.losses.CosineSimilarity is built into Keras but not supported by initguard"
+            r".*Supported Keras losses: the classes BinaryCrossentropy",
+        ),
+        (
+            "mape",
+            r"'mape' \(keras.losses.mean_absolute_percentage_error\) is built into Keras but "
+            r"not supported by initguard.*functions or strings binary_crossentropy",
+        ),
+        ("hinge", r"'hinge' \(keras.losses.hinge\) is built into Keras but not supported"),
+        (L.hinge, r"`loss` keras.losses.hinge is built into Keras but not supported"),
     ],
-    ids=["lambda", "unknown-string", "number", "no-reduction", "axis", "unsupported-class"],
+    ids=[
+        "lambda",
+        "custom-class",
+        "unknown-string",
+        "number",
+        "no-reduction",
+        "axis",
+        "unsupported-class",
+        "unsupported-string",
+        "unsupported-string-hinge",
+        "unsupported-function",
+    ],
 )
 def test_unreadable_losses_are_rejected_when_constructed(loss: Any, match: str) -> None:
     with pytest.raises(InvalidInputError, match=match):
         InitGuard([0.0, 1.0], loss=loss)
+
+
+def test_an_unsupported_compiled_loss_is_named_at_fit_start() -> None:
+    model = _model("linear", 1, (2,))
+    model.compile(optimizer="sgd", loss="mape")
+    guard = InitGuard(np.ones(10, dtype="float32"))
+    guard.set_model(model)
+    with pytest.raises(InvalidInputError, match=r"'mape' .* not supported by initguard"):
+        guard.on_train_begin()
 
 
 def test_sum_over_several_regression_outputs_is_refused() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from .._check import Report, skipped
 from .._config import Tolerance
 from .._errors import InvalidInputError
-from .._guard import Guard
+from .._guard import Guard, log
 from .._loss_base import LOSSES, LossSpec
 from .._plan import Plan
 from .._targets import require_finite, to_numpy
@@ -62,6 +62,16 @@ class InitGuard(keras.callbacks.Callback):
         and torch backends are tested; where a backend does not update the
         loss metric batch by batch, the check reports SKIPPED and why.
 
+        A callback sees neither the data nor the ``sample_weight`` given to
+        ``fit``. Per-sample weights are not part of the expectation: pass
+        ``class_weight`` to both ``fit`` and this callback instead, or expect
+        a deviation as large as the weights make it. When the number of
+        targets does not fit the first batch's size and the number of steps
+        per epoch (``ceil(len(targets) / batch) != steps``), the report
+        carries a note, and the ``initguard`` logger a warning, that the
+        targets look like they are not the training data (the full targets
+        under ``validation_split``, or a subset).
+
     Args:
         targets: the training targets as given to ``fit`` (class indices,
             one-hot or probability rows, 0/1 labels or values, dense
@@ -82,8 +92,8 @@ class InitGuard(keras.callbacks.Callback):
         tolerance: an ``initguard.Tolerance``. Defaults to None
             (``Tolerance()``).
         input_shape: one sample's input shape, used to build a model that is
-            not built when training begins (a subclassed model on the
-            TensorFlow backend). Defaults to None.
+            not built when training begins (a subclassed model that Keras
+            builds only in its first step). Defaults to None.
 
     Raises:
         InvalidInputError: an argument is invalid (here), or, at fit start,
@@ -378,13 +388,48 @@ class InitGuard(keras.callbacks.Callback):
         step0 = float(keras.ops.convert_to_numpy(tracker.result()))
         self._log_metrics = True
         assert self._head is not None
+        batch_size = max(round(rows), 1)
+        mismatch = self._targets_mismatch(batch_size)
+        if mismatch:
+            self._notes.append(mismatch)
+            if _is_chief(self.model):
+                log.warning("initguard: %s", mismatch)
         self._guard.conclude(
             step0,
-            max(round(rows), 1),
+            batch_size,
             penalty=self._penalty,
             bias_set=self._bias_set,
             layer=self._head.name,
             notes=tuple(self._notes),
+        )
+
+    def _targets_mismatch(self, batch_size: int) -> str:
+        """A note when the targets cannot be the rows ``fit`` trains on, else ""."""
+        steps = (self.params or {}).get("steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            return ""  # unknown length (a generator or dataset without cardinality)
+        count = int(self._targets.shape[0])
+        batches = math.ceil(count / batch_size)
+        # One step per epoch puts every training row in the first batch.
+        if batches == steps and (steps > 1 or count == batch_size):
+            return ""
+        if steps == 1:
+            found = (
+                f"fit trains on {batch_size} rows in one batch per epoch, but InitGuard was "
+                f"given {count} targets"
+            )
+        else:
+            found = (
+                f"the {count} targets given to InitGuard fill {batches} batch(es) of "
+                f"{batch_size} rows (the first batch's size), but fit runs {steps} steps "
+                "per epoch"
+            )
+        return (
+            f"{found}: the targets look like they are not the training data "
+            "(the full targets under validation_split, which holds out the last part? a "
+            "sample or subset of them?), or steps_per_epoch differs from one pass over the "
+            "data. The bias and the expected loss come from the targets given: pass exactly "
+            "the targets fit trains on (under validation_split, the leading part it keeps)."
         )
 
     def _context(self) -> dict[str, Any]:
@@ -393,6 +438,13 @@ class InitGuard(keras.callbacks.Callback):
             "bias_set": self._bias_set,
             "notes": tuple(self._notes),
         }
+
+
+def _is_chief(model: Any) -> bool:
+    """False only on a non-chief worker of a TensorFlow multi-worker strategy."""
+    strategy = getattr(model, "distribute_strategy", None)
+    extended = getattr(strategy, "extended", None)
+    return bool(getattr(extended, "should_checkpoint", True))
 
 
 def _optimizer_steps(model: Any) -> int:

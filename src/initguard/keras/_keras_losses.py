@@ -121,10 +121,14 @@ def read_keras_loss(loss: Any) -> KerasLoss:
     cls = type(loss)
     display = cls.__name__
     if cls not in _READERS:
+        if getattr(keras.losses, display, None) is cls:
+            raise InvalidInputError(
+                f"`loss` keras.losses.{display} is built into Keras but not supported by "
+                f"initguard. {_supported()} {_HOW_TO_NAME}"
+            )
         raise InvalidInputError(
-            f"initguard cannot read the loss {display} ({getattr(loss, 'name', '')!r}): it is "
-            f"not one of Keras's built-in losses {sorted(c.__name__ for c in _READERS)}. "
-            f"{_HOW_TO_NAME}"
+            f"initguard cannot read the custom loss {display} ({getattr(loss, 'name', '')!r}). "
+            f"{_supported()} {_HOW_TO_NAME}"
         )
     config = loss.get_config()
     reduction = _reduction(display, config.get("reduction"))
@@ -138,6 +142,7 @@ def read_keras_loss(loss: Any) -> KerasLoss:
 
 def _instance_for(loss: Any) -> Any:
     """The built-in Keras loss object a string or a Keras function stands for."""
+    given = f"{loss!r} (keras.losses.{{}})" if isinstance(loss, str) else "keras.losses.{}"
     if isinstance(loss, str):
         try:
             resolved = keras.losses.get(loss)
@@ -150,13 +155,28 @@ def _instance_for(loss: Any) -> Any:
         loss = resolved
 
     name = getattr(loss, "__name__", "")
+    built_in = bool(name) and getattr(keras.losses, name, None) is loss
     cls = _FUNCTIONS.get(name)
-    if cls is None or getattr(keras.losses, name, None) is not loss:
+    if built_in and cls is None:
         raise InvalidInputError(
-            f"initguard cannot read the loss function {name or loss!r}: it is not one of "
-            f"Keras's built-in loss functions. {_HOW_TO_NAME}"
+            f"`loss` {given.format(name)} is built into Keras but not supported by "
+            f"initguard. {_supported()} {_HOW_TO_NAME}"
+        )
+    if cls is None or not built_in:
+        raise InvalidInputError(
+            f"initguard cannot read the loss function {name or loss!r}: it is a custom "
+            f"function, whose formula initguard cannot see. {_supported()} {_HOW_TO_NAME}"
         )
     return cls()
+
+
+def _supported() -> str:
+    """The Keras losses initguard reads, for messages."""
+    return (
+        f"Supported Keras losses: the classes {', '.join(sorted(c.__name__ for c in _READERS))} "
+        f"and the functions or strings {', '.join(sorted(_FUNCTIONS))} (with Keras's short "
+        "aliases such as 'mse')."
+    )
 
 
 def _read_sparse(loss: Any, config: dict, display: str, reduction: str) -> KerasLoss:

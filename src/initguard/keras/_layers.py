@@ -71,8 +71,9 @@ def ensure_built(model: Any, input_shape: tuple[int, ...] | None) -> None:
         return
     if input_shape is None:
         raise InvalidInputError(
-            f"Model {model.name!r} is not built when training begins (a subclassed model on "
-            "the TensorFlow backend builds in its first step, too late to set the bias). "
+            f"Model {model.name!r} is not built when training begins (on the "
+            f"{keras.backend.backend()} backend Keras builds it only in its first training "
+            "step, too late to set the bias). "
             "Pass `input_shape=` (one sample's shape, without the batch axis) to InitGuard, "
             "or build the model before fit by calling it on a batch: model(x[:1])."
         )
