@@ -111,17 +111,20 @@ def test_loss_name_and_options_override_the_module():
 
 def test_report_and_metrics_in_csv_logger(tmp_path):
     model, data = binary_setup()
-    guard = InitGuard()
-    fit(model, data, guard, logger=CSVLogger(tmp_path, name="run"))
+    guard, snapshot = InitGuard(), kit.Snapshot()
+    fit(model, data, guard, logger=CSVLogger(tmp_path, name="run"), callbacks=[guard, snapshot])
 
     report = guard.report
     assert report.verdict is Verdict.PASS and report.bias_set and report.layer == "head"
     assert report.batch_size == 128
-    positives = float(data.dataset.tensors[1].mean())
-    assert model.head.bias.item() != pytest.approx(0.0)
-    assert report.expected_loss == pytest.approx(
-        -(positives * math.log(positives) + (1 - positives) * math.log(1 - positives)), rel=1e-9
-    )
+    positives = float(data.dataset.tensors[1].double().mean())
+    bias = snapshot.at_start["head.bias"].double()
+    assert bias.item() == pytest.approx(math.log(positives / (1 - positives)), rel=1e-6)
+    # The expectation is that bias's real loss on the first batch's targets.
+    _, first_y = next(iter(kit.loader(*data.dataset.tensors, batch_size=128, seed=0)))
+    on_batch = nn.BCEWithLogitsLoss()(bias.expand(len(first_y)), first_y.double())
+    assert report.expected_loss == pytest.approx(float(on_batch), rel=1e-9)
+    assert report.standard_error == 0.0 and report.spread_excess is not None
     assert any("TensorDataset's last tensor" in n for n in report.notes)
 
     (metrics_file,) = tmp_path.glob("run/*/metrics.csv")
@@ -159,7 +162,7 @@ def test_failure_warns_with_the_likely_cause():
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_strict_failure_stops_before_second_step_and_keeps_files(tmp_path):
-    model, data = binary_setup(head_scale=20.0)
+    model, data = binary_setup(head_scale=50.0)
     ckpt_dir = tmp_path / "ckpt"
     ckpt_dir.mkdir()
     old = ckpt_dir / "earlier.ckpt"
@@ -189,8 +192,8 @@ def test_strict_failure_stops_before_second_step_and_keeps_files(tmp_path):
 
 def test_strict_from_environment_raises(monkeypatch):
     monkeypatch.setenv(initguard.STRICT_ENV, "1")
-    model, data = binary_setup(head_scale=20.0)
-    with pytest.raises(InitLossError, match="Likely cause: the outputs vary far more"):
+    model, data = binary_setup(head_scale=50.0)
+    with pytest.raises(InitLossError, match=r"Likely cause: .*initial weights are too large"):
         fit(model, data, InitGuard())
 
 
@@ -201,6 +204,87 @@ def test_non_finite_step0_loss_fails():
     model = kit.Net(8, 1, nn.BCEWithLogitsLoss(), squeeze=True)
     with pytest.raises(InitLossError, match="not finite"):
         fit(model, kit.loader(x, y), InitGuard(strict=True))
+
+
+def test_all_ignored_first_batch_falls_back_to_the_plan_and_fails():
+    x, y = kit.digits()
+    y = y.clone()
+    y[:32] = -100  # CrossEntropyLoss's default ignore_index: the first batch is all ignored
+    torch.manual_seed(0)
+    model = kit.Net(64, 10, nn.CrossEntropyLoss(), hidden=16)
+    guard = InitGuard(strict=False)
+    with pytest.warns(InitLossWarning, match="not finite"):
+        fit(model, kit.loader(x, y, batch_size=32, shuffle=False), guard, max_steps=1)
+    report = guard.report
+    assert report.verdict is Verdict.FAIL and math.isnan(report.step0_loss)
+    # No exact batch expectation: the plan's, with its sampling error.
+    assert report.standard_error > 0.0
+
+
+# ------------------------------------------------------------ fresh-head spread
+
+
+class OneByOneHead(L.LightningModule):
+    """A 1x1 convolution straight on the image: each pixel's output is weight * pixel + bias."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.head = nn.Conv2d(1, 3, 1)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor(weight).reshape(3, 1, 1, 1))
+        self.loss = nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        return self.head(x)
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_spread_of_a_convolution_head_is_measured_on_its_channel_axis():
+    rng = np.random.default_rng(0)
+    masks = torch.tensor(rng.choice(3, size=(16, 6, 6), p=[0.6, 0.3, 0.1]))
+    images = torch.ones(16, 1, 6, 6)
+    deviation = torch.tensor([1.5, -0.5, 0.8], dtype=torch.float64)
+    guard, snapshot = InitGuard(), kit.Snapshot()
+    fit(
+        OneByOneHead(deviation.tolist()),
+        kit.loader(images, masks, batch_size=16),
+        guard,
+        callbacks=[guard, snapshot],
+        max_steps=1,
+    )
+
+    # Every pixel deviates from the bias by the same vector: the spread is the
+    # real loss's mean excess at bias +/- that vector over all the targets.
+    bias = snapshot.at_start["head.bias"].double()
+    loss = nn.CrossEntropyLoss()
+    flat = masks.reshape(-1)
+
+    def at(output):
+        return float(loss(output.expand(len(flat), 3), flat))
+
+    excess = (at(bias + deviation) + at(bias - deviation)) / 2 - at(bias)
+    assert excess > 0.1
+    assert guard.report.spread_excess == pytest.approx(excess, rel=1e-6)
+
+
+def test_spread_not_measured_without_enough_traced_rows():
+    model, data = binary_setup()
+    guard = InitGuard(layer="head")
+    fit(model, data, guard)
+    assert guard.report.verdict is Verdict.PASS and guard.report.spread_excess is None
+    assert any("`layer=` was given, so no forward pass ran" in n for n in guard.report.notes)
+
+    model, data = binary_setup()
+    model.example_input_array = torch.zeros(2, 8)
+    guard = InitGuard()
+    fit(model, data, guard)
+    assert guard.report.verdict is Verdict.PASS and guard.report.spread_excess is None
+    assert any("from at least 8 rows" in n for n in guard.report.notes)
 
 
 # ------------------------------------------------------- resume, reuse, state
@@ -249,7 +333,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
 
 def test_reused_callback_starts_clean():
     guard = InitGuard()
-    model, data = binary_setup(head_scale=20.0)
+    model, data = binary_setup(head_scale=50.0)
     with pytest.warns(InitLossWarning):
         fit(model, data, guard)
     first_notes = guard.report.notes
@@ -442,7 +526,9 @@ def test_works_in_a_pytorch_lightning_trainer():
     )
     trainer.fit(model, kit.loader(x, y))
     assert guard.report.verdict is Verdict.PASS
-    rate = float(y.mean())
-    assert guard.report.bias_set and guard.report.expected_loss == pytest.approx(
-        -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)), rel=1e-9
-    )
+    rate = float(y.double().mean())
+    bias = torch.tensor(np.log(rate / (1 - rate)), dtype=torch.float64)
+    _, first_y = next(iter(kit.loader(x, y)))
+    on_batch = nn.BCEWithLogitsLoss()(bias.expand(len(first_y)), first_y.double())
+    assert guard.report.bias_set
+    assert guard.report.expected_loss == pytest.approx(float(on_batch), rel=1e-9)
