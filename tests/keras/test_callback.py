@@ -27,6 +27,7 @@ from initguard import (  # noqa: E402
     InvalidInputError,
     Tolerance,
     Verdict,
+    check,
 )
 from initguard.keras import InitGuard  # noqa: E402
 
@@ -381,7 +382,9 @@ def test_weight_regularisation_is_added_to_the_expected_loss() -> None:
     assert guard.plan is not None and report.expected_loss is not None
     np.testing.assert_allclose(report.expected_loss, guard.plan.expected_loss + penalty)
     # Leaving the penalty out would false-alarm.
-    assert report.tolerance is not None and penalty > report.tolerance
+    assert report.step0_loss is not None and report.batch_size is not None
+    unpenalised = check(guard.plan, report.step0_loss, report.batch_size)
+    assert unpenalised.verdict is Verdict.FAIL, unpenalised
 
 
 def test_keras_class_weight_is_exact() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -16,7 +18,13 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":
     pytest.skip("run with KERAS_BACKEND=torch", allow_module_level=True)
 
-from initguard import InitLossError, InitLossWarning, Verdict  # noqa: E402
+from initguard import (  # noqa: E402
+    InitLossError,
+    InitLossWarning,
+    InvalidInputError,
+    Verdict,
+    check,
+)
 from initguard.keras import InitGuard  # noqa: E402
 
 SEEDS = (0, 1, 2)
@@ -109,6 +117,52 @@ def test_subclassed_model_is_built_before_train_begins_on_torch() -> None:
     assert guard.report.layer == model.head.name
 
 
+def test_an_unbuilt_model_is_reported_with_the_torch_backend_named() -> None:
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = keras.layers.Dense(1)
+
+        def call(self, x: Any) -> Any:
+            return self.head(x)
+
+    model = Net()
+    model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    guard = InitGuard(np.array([0.0, 1.0, 1.0]))
+    guard.set_model(model)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"not built when training begins \(on the torch backend .*Pass `input_shape=`",
+    ):
+        guard.on_train_begin()
+
+
+def test_targets_under_validation_split_are_noted_on_torch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    features, labels = _data(0, n=400)
+    match = r"the 400 targets .* fill 13 batch\(es\) of 32 rows .* runs 10 steps"
+    for targets, noted in ((labels, True), (labels[:320], False)):
+        keras.utils.set_random_seed(0)
+        model = _mlp()
+        model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        guard = InitGuard(targets)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="initguard"):
+            model.fit(
+                features,
+                labels,
+                batch_size=32,
+                validation_split=0.2,
+                verbose=0,
+                callbacks=[guard],
+            )
+        assert guard.report is not None
+        notes = [note for note in guard.report.notes if re.search(match, note)]
+        warned = [r.getMessage() for r in caplog.records if re.search(match, r.getMessage())]
+        assert (len(notes), len(warned)) == ((1, 1) if noted else (0, 0)), guard.report.notes
+
+
 def test_strict_failure_stops_before_the_second_step() -> None:
     keras.utils.set_random_seed(0)
     features, labels = _data(0, n=1024, rate=0.02)
@@ -183,4 +237,8 @@ def test_weight_regularisation_is_accounted_on_torch() -> None:
     assert report is not None and report.verdict is Verdict.PASS, report
     assert guard.plan is not None and report.expected_loss is not None
     penalty = report.expected_loss - guard.plan.expected_loss
-    assert report.tolerance is not None and penalty > report.tolerance
+    assert penalty > 1.0
+    # Leaving the penalty out would false-alarm.
+    assert report.step0_loss is not None and report.batch_size is not None
+    unpenalised = check(guard.plan, report.step0_loss, report.batch_size)
+    assert unpenalised.verdict is Verdict.FAIL, unpenalised
