@@ -24,10 +24,12 @@ def sharded_data():
     return kit.binary_data(ROWS, 0.4, 0)
 
 
-def fit_two_ranks(strategy, folder, guard, head_scale=1.0):
+def fit_two_ranks(strategy, folder, guard, head_scale=1.0, zero_head=False):
     x, y = sharded_data()
     torch.manual_seed(0)
-    model = kit.Net(8, 1, nn.BCEWithLogitsLoss(), squeeze=True, head_scale=head_scale)
+    model = kit.Net(
+        8, 1, nn.BCEWithLogitsLoss(), squeeze=True, head_scale=head_scale, zero_head=zero_head
+    )
     trainer = kit.trainer(
         strategy=strategy,
         devices=2,
@@ -50,7 +52,9 @@ def logit(rate):
 
 @pytest.mark.timeout(180)
 def test_ddp_spawn_sums_statistics_and_writes_one_bias(tmp_path):
-    y = fit_two_ranks("ddp_spawn", tmp_path, InitGuard())
+    # A zero-weight head outputs its bias, so each rank's first loss is the
+    # real loss of that constant on the rank's own batch.
+    y = fit_two_ranks("ddp_spawn", tmp_path, InitGuard(), zero_head=True)
     records, tensors = load_ranks(tmp_path)
 
     # The rows both shards train on: every row once, plus the one the
@@ -75,17 +79,30 @@ def test_ddp_spawn_sums_statistics_and_writes_one_bias(tmp_path):
     local = [r["first_loss"] for r in records]
     assert local[0] != local[1]
     assert reports[0]["step0_loss"] == pytest.approx(sum(local) / 2, rel=1e-6)
+    # The exact expectation is the mean over ranks of each batch's own one.
+    bias = tensors[0]["start_bias"].double()
+    loss = nn.BCEWithLogitsLoss()
+    exact = []
+    for record in records:
+        first_y = y[record["indices"][:16]].double()
+        exact.append(float(loss(bias.expand(len(first_y)), first_y)))
+    assert local == pytest.approx(exact, rel=1e-6)
+    assert reports[0]["expected_loss"] == pytest.approx(sum(exact) / 2, rel=1e-9)
+    assert abs(reports[0]["deviation"]) < 1e-6 and reports[0]["standard_error"] == 0.0
+    assert reports[0]["spread_excess"] == pytest.approx(0.0, abs=1e-12)
     assert any("summed over 2 processes" in n for n in reports[0]["notes"])
     assert any("DistributedSampler" in n for n in reports[0]["notes"])
 
 
 @pytest.mark.timeout(120)
 def test_ddp_fork_one_verdict_and_warnings_from_rank_zero_only(tmp_path):
-    fit_two_ranks("ddp_fork", tmp_path, InitGuard(strict=False), head_scale=20.0)
+    fit_two_ranks("ddp_fork", tmp_path, InitGuard(strict=False), head_scale=50.0)
     records, tensors = load_ranks(tmp_path)
 
     assert records[0]["report"] == records[1]["report"]
     assert records[0]["report"]["verdict"] == "fail"
+    # The spread each rank measured, averaged in the step-0 reduction.
+    assert "initial weights are too large" in records[0]["report"]["cause"]
     assert len(records[0]["warnings"]) == 1 and "FAIL" in records[0]["warnings"][0]
     assert records[1]["warnings"] == []
     assert records[0]["logs"] and records[1]["logs"] == []
@@ -98,7 +115,7 @@ def test_ddp_fork_one_verdict_and_warnings_from_rank_zero_only(tmp_path):
 def test_ddp_fork_strict_failure_stops_every_rank(tmp_path):
     # The launcher re-raises a worker's InitLossError as its own exception type.
     with pytest.raises(Exception, match=r"InitLossError: .*stopped before the second optimizer"):
-        fit_two_ranks("ddp_fork", tmp_path, InitGuard(strict=True), head_scale=20.0)
+        fit_two_ranks("ddp_fork", tmp_path, InitGuard(strict=True), head_scale=50.0)
     # Both ranks ran the first batch and neither started a second one: each
     # raised on its own (a rank that did not would start batch 1, then block).
     for rank in (0, 1):
