@@ -219,6 +219,7 @@ def test_all_ignored_first_batch_falls_back_to_the_plan_and_fails():
     assert report.verdict is Verdict.FAIL and math.isnan(report.step0_loss)
     # No exact batch expectation: the plan's, with its sampling error.
     assert report.standard_error > 0.0
+    assert any("first batch's own targets could not be evaluated" in n for n in report.notes)
 
 
 # ------------------------------------------------------------ fresh-head spread

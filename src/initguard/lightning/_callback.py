@@ -33,7 +33,10 @@ class InitGuard(Callback):
     constant output that minimises the loss over them (summed across
     processes), and writes it into the bias of the layer that produces the
     model's output. After the first training batch it compares the measured
-    loss with the loss that bias implies, logs ``initguard/expected_loss``,
+    loss with the loss that bias implies on that batch's own targets (so the
+    check carries no sampling error) and with the spread the fresh layer's
+    weights add around it (measured in the forward pass that finds the
+    layer), logs ``initguard/expected_loss``,
     ``initguard/step0_loss`` and ``initguard/deviation`` to the trainer's
     loggers, and warns (or, when strict, raises ``initguard.InitLossError``
     before the second optimizer step) when they disagree beyond the
@@ -516,13 +519,20 @@ class InitGuard(Callback):
             else None
         )
         spread_excess = float(values[6]) if float(values[7]) == everywhere else None
+        notes = tuple(self._notes)
+        if batch_loss is None:
+            notes += (
+                "expected loss taken over all the targets, with its sampling error: the first "
+                "batch's own targets could not be evaluated"
+                + (" on every process" if world > 1 else ""),
+            )
 
         self._guard.conclude(
             step0,
             max(total_rows, 1),
             bias_set=self._bias_set,
             layer=self._head_name,
-            notes=tuple(self._notes),
+            notes=notes,
             is_global_zero=trainer.is_global_zero,
             batch=batch_loss,
             spread_excess=spread_excess,
