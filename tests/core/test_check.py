@@ -361,3 +361,29 @@ def test_spread_excess_rejects_the_wrong_width():
 
     with pytest.raises(InvalidInputError, match=r"`deviations` must be shaped \[rows, 3\]"):
         plan.spread_excess(np.zeros((4, 2)))
+
+
+def test_a_head_that_lines_up_with_the_targets_by_chance_is_not_blamed(rng):
+    torch = pytest.importorskip("torch")
+    targets = rng.normal(0.0, 1.0, size=442)
+    plan = initguard.plan(targets, "mse")
+    # Outputs correlated with the targets, as a random projection of
+    # predictive features can be: the loss falls below the best constant.
+    outputs = 0.45 * targets + rng.normal(0.0, 0.3, size=442)
+    measured = torch.nn.MSELoss()(
+        torch.tensor(plan.bias[0] + outputs), torch.tensor(targets)
+    ).item()
+    deviations = (outputs - outputs.mean())[:64, None]
+
+    without_spread = initguard.check(plan, measured, 442, batch=plan.batch_loss(targets))
+    report = initguard.check(
+        plan,
+        measured,
+        442,
+        batch=plan.batch_loss(targets),
+        spread_excess=plan.spread_excess(deviations),
+    )
+
+    assert measured < 0.75 * plan.expected_loss
+    assert without_spread.verdict is Verdict.FAIL
+    assert report.verdict is Verdict.PASS
