@@ -37,7 +37,7 @@ def main() -> None:
     guard = InitGuard(malignant)
     model.fit(features, malignant, batch_size=32, epochs=2, verbose=0, callbacks=[guard])
 
-    print_report("Keras, breast cancer (binary)", guard.report)
+    print_report("Keras, breast cancer (binary)", guard)
     rate = float(np.mean(malignant))
     print(f"{'positive rate':>22}: {rate:.4f}")
 

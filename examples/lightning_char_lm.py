@@ -79,7 +79,7 @@ def main() -> None:
 
     print(f"corpus: {len(text):,} characters from {', '.join(MODULES)}")
     print(f"vocabulary: {len(alphabet)} characters in {logits} logits")
-    print_report("Lightning, character-level language model", guard.report)
+    print_report("Lightning, character-level language model", guard)
     print(f"{'uniform log(logits)':>22}: {math.log(logits):.6f}")
 
 

@@ -59,7 +59,7 @@ def main() -> None:
     )
     trainer.fit(DigitsClassifier(), loader)
 
-    print_report("Lightning, digits (10 classes)", guard.report)
+    print_report("Lightning, digits (10 classes)", guard)
     print(f"{'uniform log(10)':>22}: {math.log(10):.6f}")
 
 

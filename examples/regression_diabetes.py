@@ -60,7 +60,7 @@ def main() -> None:
     )
     trainer.fit(Regressor(features.shape[1]), loader)
 
-    print_report("Lightning, diabetes regression (MSE)", guard.report)
+    print_report("Lightning, diabetes regression (MSE)", guard)
     print(f"{'target mean':>22}: {targets.mean():.3f}")
 
 

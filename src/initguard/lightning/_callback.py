@@ -163,6 +163,11 @@ class InitGuard(Callback):
         return self._guard.report
 
     @property
+    def plan(self) -> Plan | None:
+        """The plan over all the training targets (bias, expected loss), or None before fit."""
+        return self._guard.plan
+
+    @property
     def strict(self) -> bool:
         """Whether a failed check raises."""
         return self._guard.strict
