@@ -104,6 +104,7 @@ def check(
     notes: tuple[str, ...] = (),
     batch: BatchLoss | None = None,
     spread_excess: float | None = None,
+    doubled_seen: bool = False,
 ) -> Report:
     """Compares a measured first-batch loss with the plan's expectation.
 
@@ -124,6 +125,10 @@ def check(
         spread_excess: the loss a fresh head's output spread adds
             (``Plan.spread_excess``), when measured; the check fails when it
             passes the headroom. Defaults to None.
+        doubled_seen: the model applies its output activation before a loss
+            that takes logits (a structural hint from the adapter); then a
+            measurement nearer the doubly activated loss than the expected
+            one fails even inside the band. Defaults to False.
 
     Returns:
         The report; its verdict is FAIL when the deviation exceeds the
@@ -140,35 +145,30 @@ def check(
     zero += penalty
     doubled += penalty
 
-    allowed = (
-        tolerance.sigmas * standard_error + tolerance.relative * abs(expected) + tolerance.absolute
-    )
-    headroom = tolerance.headroom * abs(expected)
+    # The relative terms scale with the loss's own size (or, for a loss with
+    # an arbitrary offset, with the spread of its per-sample values).
+    scale = plan.scale * plan.batch_scale(batch_size)
+    allowed = tolerance.sigmas * standard_error + tolerance.relative * scale + tolerance.absolute
+    headroom = tolerance.headroom * scale
     measured = float(step0_loss)
     deviation = measured - expected
-    too_spread = spread_excess is not None and not spread_excess <= headroom
     # A fresh head's outputs can line up with the targets by chance and lower
     # the loss. For squared error that gain is at most 2 sqrt(excess * loss)
     # (Cauchy-Schwarz on the covariance of outputs and targets); the same
     # scale serves the other losses, whose faults all sit above.
     below = allowed
     if spread_excess is not None and math.isfinite(spread_excess):
-        below += 2.0 * math.sqrt(max(spread_excess, 0.0) * abs(expected))
-    passed = (
-        math.isfinite(measured) and -below <= deviation <= allowed + headroom and not too_spread
-    )
+        below += 2.0 * math.sqrt(max(spread_excess, 0.0) * scale)
     limit = allowed + headroom if deviation > 0 else below
+    inside = -below <= deviation <= allowed + headroom
 
-    cause = ""
-    if too_spread:
-        assert spread_excess is not None
-        cause = (
-            f"the fresh final layer spreads its outputs so widely around the bias that they add "
-            f"{spread_excess:.4g} to the loss (more than {tolerance.headroom:g} x the expected "
-            "loss): its initial weights are too large (the 'hockey stick'); scale them down"
-        )
-    elif not passed:
+    cause = _structural_cause(plan, measured, batch, bias_set, spread_excess, scale, tolerance)
+    nearer_doubled = math.isfinite(doubled) and abs(measured - doubled) < abs(measured - expected)
+    if not cause and doubled_seen and bias_set and nearer_doubled:
+        cause = _doubled_cause(plan.activation, doubled)
+    if not cause and not (math.isfinite(measured) and inside):
         cause = _likely_cause(measured, expected, zero, limit, bias_set, plan.activation, doubled)
+    passed = not cause
 
     verdict = Verdict.PASS if passed else Verdict.FAIL
     where = f"layer {layer!r}, " if layer else ""
@@ -199,6 +199,56 @@ def check(
     )
 
 
+def _structural_cause(
+    plan: Plan,
+    measured: float,
+    batch: BatchLoss | None,
+    bias_set: bool,
+    spread_excess: float | None,
+    scale: float,
+    tolerance: Tolerance,
+) -> str:
+    """Faults visible without the band: each fails the check wherever the loss sits."""
+    if not math.isfinite(measured):
+        return (
+            f"the step-0 loss is {measured} (not finite): look for NaN or inf in the inputs, "
+            "a batch whose targets are all ignored (0/0), or an overflow in the model"
+        )
+    width = plan.bias.shape[0]
+    # One spare output (a padding slot) is common; more than the allowed share
+    # is a wrong width.
+    if plan.unseen_outputs > max(1.0, tolerance.unseen_classes * width):
+        return (
+            f"{plan.unseen_outputs} of the layer's {width} outputs are classes that never occur "
+            "in the targets: the number of outputs looks wrong for this data (if the extra "
+            "outputs are intended, e.g. a padded vocabulary, raise Tolerance.unseen_classes)"
+        )
+    worse = batch is not None and batch.at_bias - batch.at_zero > tolerance.relative * scale
+    if worse and bias_set:
+        assert batch is not None
+        return (
+            "the planned bias scores worse on the first batch than a zero bias "
+            f"({batch.at_bias:.6g} vs {batch.at_zero:.6g}): the targets initguard planned "
+            "from are not the ones training uses (`targets=`, or a dataset whose "
+            "`.targets` differ from what it returns)"
+        )
+    if spread_excess is not None and not spread_excess <= tolerance.headroom * scale:
+        return (
+            f"the fresh final layer spreads its outputs so widely around the bias that they add "
+            f"{spread_excess:.4g} to the loss (more than {tolerance.headroom:g} x the loss "
+            "scale): its initial weights are too large (the 'hockey stick'); scale them down"
+        )
+    return ""
+
+
+def _doubled_cause(activation: str, doubled: float) -> str:
+    return (
+        f"the loss matches outputs passed through {activation} twice ({doubled:.6g}): "
+        "probabilities are fed to a loss that expects logits; remove the final "
+        f"{activation} or use the loss that takes probabilities"
+    )
+
+
 def _likely_cause(
     measured: float,
     expected: float,
@@ -208,11 +258,6 @@ def _likely_cause(
     activation: str,
     doubled: float,
 ) -> str:
-    if not math.isfinite(measured):
-        return (
-            f"the step-0 loss is {measured} (not finite): look for NaN or inf in the inputs, "
-            "a batch whose targets are all ignored (0/0), or an overflow in the model"
-        )
     # Constant outputs that explain the measurement: the nearest one wins.
     explanations = [
         (
@@ -226,14 +271,7 @@ def _likely_cause(
     # A doubled activation is measured at the planned bias, so it only explains
     # a run where that bias was written.
     if math.isfinite(doubled) and bias_set:
-        explanations.append(
-            (
-                doubled,
-                f"the loss matches outputs passed through {activation} twice "
-                f"({doubled:.6g}): probabilities are fed to a loss that expects logits; remove "
-                f"the final {activation} or use the loss that takes probabilities",
-            )
-        )
+        explanations.append((doubled, _doubled_cause(activation, doubled)))
     candidates = [
         (abs(measured - value), cause)
         for value, cause in explanations

@@ -208,6 +208,9 @@ class CrossEntropy(LossSpec):
             class_axis=self.class_axis,
         )
 
+    def unseen_outputs(self, stats: ClassStats, width: int) -> int:
+        return int(width - np.count_nonzero(stats.mass[:width] > 0))
+
     def samples(self, stats: ClassStats) -> int:
         return stats.samples
 
@@ -439,6 +442,9 @@ class SoftmaxFocal(LossSpec):
             ignore_index=self.ignore_index,
             class_axis=self.class_axis,
         )
+
+    def unseen_outputs(self, stats: ClassStats, width: int) -> int:
+        return int(width - np.count_nonzero(stats.mass[:width] > 0))
 
     def samples(self, stats: ClassStats) -> int:
         return stats.samples

@@ -69,18 +69,25 @@ class Tolerance:
     Args:
         sigmas: standard errors allowed. Defaults to 4 (about one false alarm
             in 15,000 checks for a normal sampling error).
-        relative: fraction of the expected loss allowed on either side.
+        relative: fraction of the loss scale allowed on either side: the
+            expected loss, or for Poisson and Gaussian likelihoods (whose
+            offset is arbitrary) the spread of the per-sample loss.
             Defaults to 0.25.
         absolute: floor in loss units. Defaults to 1e-4.
-        headroom: the further fraction of the expected loss allowed above it.
-            Defaults to 1.0.
+        headroom: the further fraction of the loss scale allowed above the
+            expectation. Defaults to 1.0.
+        unseen_classes: the largest fraction of a softmax layer's outputs
+            that may be classes never seen in the targets (one such output
+            is always allowed); more fails the check as a wrong output
+            width. Defaults to 0.1 (a padded vocabulary stays well below it).
     """
 
     sigmas: float = 4.0
     relative: float = 0.25
     absolute: float = 1e-4
     headroom: float = 1.0
+    unseen_classes: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("sigmas", "relative", "absolute", "headroom"):
+        for name in ("sigmas", "relative", "absolute", "headroom", "unseen_classes"):
             check_number(name, getattr(self, name), allow_zero=True)

@@ -62,13 +62,16 @@ class Guard:
         is_global_zero: bool = True,
         batch: BatchLoss | None = None,
         spread_excess: float | None = None,
+        doubled_seen: bool = False,
     ) -> Report:
         """Checks the first batch's loss, logs the summary, then warns or raises.
 
         Every process calls this with the same (reduced) numbers, so every
         process reaches the same verdict and, when strict, raises together.
-        ``batch`` and ``spread_excess`` are passed to ``check`` (the exact
-        batch losses and the measured fresh-head spread, when known).
+        ``batch``, ``spread_excess`` and ``doubled_seen`` are passed to
+        ``check`` (the exact batch losses, the measured fresh-head spread,
+        and whether the model applies its output activation before a loss
+        that expects logits).
 
         Raises:
             InitLossError: the check failed and the guard is strict.
@@ -86,6 +89,7 @@ class Guard:
             notes=notes,
             batch=batch,
             spread_excess=spread_excess,
+            doubled_seen=doubled_seen,
         )
         self.act(is_global_zero)
         return self.report

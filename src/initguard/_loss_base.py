@@ -67,6 +67,18 @@ class LossSpec:
         """Returns the loss and its spread for a constant output ``bias``."""
         raise NotImplementedError
 
+    def band_scale(self, stats: Any, at_bias: Moments) -> float:
+        """The loss scale the check's relative terms multiply.
+
+        The expected loss itself for losses whose perfect prediction scores
+        0; losses with an arbitrary offset override it.
+        """
+        return abs(at_bias.mean)
+
+    def unseen_outputs(self, stats: Any, width: int) -> int:
+        """Output units that no target ever selects (softmax classes)."""
+        return 0
+
     def samples(self, stats: Any) -> int:
         """Returns the number of samples the statistics hold."""
         return int(stats.rows)
@@ -139,6 +151,8 @@ class LossSpec:
             sum_std=float(at_bias.sum_std),
             evaluate=lambda b: self._quiet_moments(stats, b),
             spec=self,
+            band_scale=float(self.band_scale(stats, at_bias)),
+            unseen_outputs=int(self.unseen_outputs(stats, width)),
         )
 
 

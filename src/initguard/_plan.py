@@ -88,6 +88,19 @@ class Plan:
         default=None, repr=False, compare=False
     )
     spec: Any = field(default=None, repr=False, compare=False)
+    band_scale: float | None = field(default=None, repr=False)
+    unseen_outputs: int = field(default=0, repr=False)
+
+    @property
+    def scale(self) -> float:
+        """The loss scale of the tolerance's relative terms (mean reduction).
+
+        ``|expected_loss|`` for losses whose perfect prediction scores 0;
+        the spread of the per-sample loss for losses with an arbitrary
+        offset (Poisson and Gaussian likelihoods), whose expected loss can
+        sit anywhere, even below 0.
+        """
+        return abs(self.expected_loss) if self.band_scale is None else self.band_scale
 
     def batch_scale(self, batch_size: int) -> float:
         """Factor from the mean-reduced loss to one batch's reduced loss."""

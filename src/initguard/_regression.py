@@ -410,6 +410,20 @@ class PoissonNLL(RegressionLoss):
             loss = loss + np.where(values > 1, stirling, 0.0)
         return loss
 
+    def band_scale(self, stats: ValueStats, at_bias: Moments) -> float:
+        # The loss's offset depends on the counts (it is negative for large
+        # ones), so its own size means nothing; its distance from a perfect
+        # prediction (r = y) and the spread of the per-sample loss do.
+        y = stats.values
+        shift = 0.0 if self.log_input else self.eps
+        with np.errstate(divide="ignore", invalid="ignore"):
+            perfect = np.where(y > 0, y - y * np.log(y + shift), 0.0)
+        if self.full:
+            counted = np.where(y > 1, y, 1.0)
+            stirling = counted * np.log(counted) - counted + 0.5 * np.log(2 * math.pi * counted)
+            perfect = perfect + np.where(y > 1, stirling, 0.0)
+        return max(abs(at_bias.mean - float(perfect.mean())), at_bias.std)
+
     def optimal_bias(self, stats: ValueStats) -> tuple[np.ndarray, list[str]]:
         mean = stats.values.mean(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -497,6 +511,11 @@ class GaussianNLL(RegressionLoss):
         variance = np.maximum(variance, self.eps)
         loss = 0.5 * (np.log(variance) + (values - mean) ** 2 / variance)
         return loss + HALF_LOG_2PI if self.full else loss
+
+    def band_scale(self, stats: ValueStats, at_bias: Moments) -> float:
+        # A likelihood's offset is arbitrary (the loss falls without bound as
+        # the variance shrinks): the per-sample spread sets the scale.
+        return at_bias.std
 
     def optimal_bias(self, stats: ValueStats) -> tuple[np.ndarray, list[str]]:
         mean = stats.values.mean(axis=0)

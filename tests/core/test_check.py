@@ -387,3 +387,79 @@ def test_a_head_that_lines_up_with_the_targets_by_chance_is_not_blamed(rng):
     assert measured < 0.75 * plan.expected_loss
     assert without_spread.verdict is Verdict.FAIL
     assert report.verdict is Verdict.PASS
+
+
+def test_many_never_seen_classes_fail_as_a_wrong_width(rng):
+    labels = rng.choice(10, size=2000)
+    twelve = initguard.plan(labels, "cross_entropy", num_classes=12)
+    eleven = initguard.plan(labels, "cross_entropy", num_classes=11)
+
+    report = initguard.check(twelve, twelve.expected_loss, 64)
+
+    assert report.verdict is Verdict.FAIL
+    assert "2 of the layer's 12 outputs are classes that never occur" in report.cause
+    # One padding slot is fine; so is a wider share when the user allows it.
+    assert initguard.check(eleven, eleven.expected_loss, 64).verdict is Verdict.PASS
+    allowing = Tolerance(unseen_classes=0.5)
+    assert initguard.check(twelve, twelve.expected_loss, 64, allowing).verdict is Verdict.PASS
+
+
+def test_a_bias_worse_than_zero_on_the_batch_means_the_wrong_targets(rng):
+    torch = pytest.importorskip("torch")
+    labels = (rng.random(4000) < 0.1).astype(float)
+    wrong = initguard.plan(1.0 - labels, "binary_cross_entropy")  # planned from flipped targets
+    batch = labels[:512]
+    logits = torch.tensor(wrong.bias).expand(512)
+    measured = torch.nn.BCEWithLogitsLoss()(logits, torch.tensor(batch)).item()
+
+    report = initguard.check(wrong, measured, 512, batch=wrong.batch_loss(batch))
+
+    assert report.deviation == pytest.approx(0.0, abs=1e-9)
+    assert report.verdict is Verdict.FAIL
+    assert "scores worse on the first batch than a zero bias" in report.cause
+
+
+def test_a_seen_activation_before_a_logits_loss_decides_inside_the_band(rng):
+    torch = pytest.importorskip("torch")
+    labels = (rng.random(4000) < 0.1).astype(float)
+    plan = initguard.plan(labels, "binary_cross_entropy")
+    batch = labels[:256]
+    probabilities = torch.sigmoid(torch.tensor(plan.bias)).expand(256)
+    measured = torch.nn.BCEWithLogitsLoss()(probabilities, torch.tensor(batch)).item()
+    exact = plan.batch_loss(batch)
+
+    unseen = initguard.check(plan, measured, 256, batch=exact)
+    seen = initguard.check(plan, measured, 256, batch=exact, doubled_seen=True)
+    correct = initguard.check(plan, exact.at_bias, 256, batch=exact, doubled_seen=True)
+
+    assert unseen.verdict is Verdict.PASS  # inside the band for a fresh model
+    assert seen.verdict is Verdict.FAIL
+    assert "passed through sigmoid twice" in seen.cause
+    assert correct.verdict is Verdict.PASS
+
+
+def test_poisson_band_follows_the_loss_spread_not_its_offset(rng):
+    torch = pytest.importorskip("torch")
+    counts = rng.poisson(30.0, size=3000).astype(float)
+    plan = initguard.plan(counts, "poisson_nll")
+    loss = torch.nn.PoissonNLLLoss()
+    target = torch.tensor(counts[:256])
+    at_zero = loss(torch.zeros(256, dtype=torch.float64), target).item()
+    at_bias = loss(torch.tensor(plan.bias).expand(256), target).item()
+
+    assert plan.expected_loss < -70  # the offset is far from 0
+    assert plan.scale == pytest.approx(plan.loss_std)
+    exact = plan.batch_loss(counts[:256])
+    assert initguard.check(plan, at_bias, 256, batch=exact).verdict is Verdict.PASS
+    unset = initguard.check(plan, at_zero, 256, batch=exact, bias_set=False)
+    assert unset.verdict is Verdict.FAIL
+    assert "bias was not set" in unset.cause
+
+
+def test_gaussian_band_follows_the_loss_spread(rng):
+    values = rng.normal(3.0, 0.6065, size=(2000, 1))
+    plan = initguard.plan(values, "gaussian_nll")
+
+    assert abs(plan.expected_loss) < 0.05  # near 0: |expected| would be no scale
+    assert plan.scale == pytest.approx(plan.loss_std)
+    assert plan.loss_std == pytest.approx(math.sqrt(0.5), rel=0.1)
