@@ -14,7 +14,6 @@ from torch.utils.data import (  # noqa: E402
     ConcatDataset,
     DataLoader,
     Dataset,
-    IterableDataset,
     Subset,
     TensorDataset,
     WeightedRandomSampler,
@@ -126,24 +125,29 @@ def test_order_of_training_batches_is_unchanged():
     assert torch.equal(seen[0], seen[1])
 
 
-class Stream(IterableDataset):
+class Pairs(Dataset):
+    """Rows that expose no targets: only iterating the loader gives them."""
+
     def __init__(self, x, y):
         self.x, self.y = x, y
 
-    def __iter__(self):
-        return iter(zip(self.x, self.y, strict=True))
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
 
 
 def test_last_resort_pass_is_bounded_and_reported():
     x, y = kit.binary_data(320, 0.25, 5)
-    report, bias = run(DataLoader(Stream(x, y), batch_size=32))
+    report, bias = run(DataLoader(Pairs(x, y), batch_size=32))
     assert bias == pytest.approx(bce_bias(y), abs=1e-6)
     assert any(
         "pass over the training DataLoader (10 batches, inputs loaded" in n for n in report.notes
     )
 
     report, bias = run(
-        DataLoader(Stream(x, y), batch_size=32), InitGuard(layer="head", max_target_batches=3)
+        DataLoader(Pairs(x, y), batch_size=32), InitGuard(layer="head", max_target_batches=3)
     )
     assert bias == pytest.approx(bce_bias(y[:96]), abs=1e-6)
     assert any("stopped at max_target_batches=3" in n for n in report.notes)
@@ -185,9 +189,12 @@ def test_targets_from_batch_and_targets_override():
 def test_unreadable_batches_ask_for_targets_from_batch():
     x, _ = kit.binary_data(64, 0.3, 0)
 
-    class Plain(IterableDataset):
-        def __iter__(self):
-            return iter(x)
+    class Plain(Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i]
 
     with pytest.raises(InvalidInputError, match=r"batch of type Tensor.*`targets_from_batch=`"):
         run(DataLoader(Plain(), batch_size=16))

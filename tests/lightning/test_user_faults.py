@@ -1,4 +1,4 @@
-"""Set-ups a new user tried: transformed targets, one-shot streams, rate activations, no forward."""
+"""Set-ups a new user tried: transformed targets, streams, rate activations, no forward."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_untransformed_targets_still_take_the_shortcut():
     assert any("the dataset's `.targets`" in n and "inputs not read" in n for n in report.notes)
 
 
-# ------------------------------------------------------------ one-shot streams
+# ------------------------------------------------------------------- streams
 
 
 def rows(n=64, seed=0):
@@ -140,8 +140,8 @@ def rows(n=64, seed=0):
     return x, y, list(zip(x, y, strict=True))
 
 
-class Shared(IterableDataset):
-    """Hands out the same generator on every ``__iter__``: one pass only."""
+class Counted:
+    """Counts the items a stream's source has handed out."""
 
     def __init__(self, items):
         self.taken = 0
@@ -152,8 +152,31 @@ class Shared(IterableDataset):
             self.taken += 1
             yield item
 
+
+class Shared(Counted, IterableDataset):
+    """Hands out the same generator on every ``__iter__``: one pass only."""
+
     def __iter__(self):
         return self.source
+
+
+class SharedSource(Counted, IterableDataset):
+    """A fresh generator on every ``__iter__``, over one shared source: one pass only."""
+
+    def __iter__(self):
+        yield from self.source
+
+
+class Replayable(IterableDataset):
+    """A fresh pass over the items on every ``__iter__``; counts the items handed out."""
+
+    def __init__(self, items):
+        self.items, self.taken = items, 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.taken += 1
+            yield item
 
 
 class SelfIterating(IterableDataset):
@@ -172,14 +195,7 @@ class SelfIterating(IterableDataset):
         return self.items[self.taken - 1]
 
 
-class Wrapped(IterableDataset):
-    """A fresh generator each time, over one shared source: one pass only."""
-
-    def __init__(self, items):
-        self.source = iter(items)
-
-    def __iter__(self):
-        yield from self.source
+STREAMS = [Shared, SharedSource, Replayable, SelfIterating]
 
 
 def binary_model():
@@ -187,27 +203,64 @@ def binary_model():
     return kit.Net(8, 1, nn.BCEWithLogitsLoss(), squeeze=True)
 
 
-@pytest.mark.parametrize("layer", [None, "head"])
-@pytest.mark.parametrize("stream", [Shared, SelfIterating])
-def test_one_shot_streams_are_refused_untouched(stream, layer):
-    _, _, items = rows()
+class Rows(L.Callback):
+    """Counts the rows of every training batch."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen += len(batch[1])
+
+
+def prefetched(stream, items, batch_size=16):
+    """How many items Lightning itself draws from a fresh stream before fit start."""
+
+    class Stop(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            trainer.fit_loop.setup_data()
+            raise RuntimeError("stop")
+
     data = stream(items)
-    with pytest.raises(InvalidInputError, match=r"iterated only once .*Pass `targets=`"):
-        kit.trainer(max_steps=1, callbacks=[InitGuard(layer=layer)]).fit(
-            binary_model(), DataLoader(data, batch_size=16)
+    with pytest.raises(RuntimeError, match="stop"):
+        kit.trainer(max_steps=1, callbacks=[Stop()]).fit(
+            binary_model(), DataLoader(data, batch_size=batch_size)
         )
-    # Lightning's own fetcher holds the first batch for training (it prefetches
-    # it before on_fit_start); initguard read nothing more.
-    assert data.taken == 16
-    assert torch.equal(next(iter(data))[0], items[16][0])
+    return data.taken
 
 
-def test_a_stream_empty_on_its_second_pass_is_reported():
+def test_a_shared_source_stream_reaches_training_whole():
+    x, y = kit.binary_data(3000, 0.3, 4)
+    data = SharedSource(list(zip(x, y, strict=True)))
+    guard, counter, snapshot = InitGuard(layer="head", targets=y), Rows(), kit.Snapshot()
+    kit.trainer(max_epochs=1, callbacks=[guard, snapshot, counter]).fit(
+        binary_model(), DataLoader(data, batch_size=32)
+    )
+    assert counter.seen == 3000
+    assert data.taken == 3000
+    rate = float(y.double().mean())
+    assert snapshot.at_start["head.bias"].item() == pytest.approx(np.log(rate / (1 - rate)))
+    assert guard.report.verdict is Verdict.PASS
+    assert "targets given to the callback (`targets=`)" in guard.report.notes
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_a_stream_without_targets_is_refused_untouched(stream):
     _, _, items = rows()
-    with pytest.raises(InvalidInputError, match=r"Wrapped .*gave nothing on a second pass"):
-        kit.trainer(max_steps=1, callbacks=[InitGuard(layer="head")]).fit(
-            binary_model(), DataLoader(Wrapped(items), batch_size=16)
-        )
+    baseline = prefetched(stream, items)
+    for layer, pattern in [
+        (None, r"never iterates a stream: .*Pass `targets=` .* and `layer=` .*received no "),
+        ("head", r"never iterates a stream: .*Pass `targets=` \(the stream's [^;]*\); received"),
+    ]:
+        data = stream(items)
+        with pytest.raises(InvalidInputError, match=pattern) as raised:
+            kit.trainer(max_steps=1, callbacks=[InitGuard(layer=layer)]).fit(
+                binary_model(), DataLoader(data, batch_size=16)
+            )
+        assert stream.__name__ in str(raised.value)
+        assert ("`layer=`" in str(raised.value).split(";")[0]) is (layer is None)
+        # Only the batch Lightning's own fetcher holds for training was drawn.
+        assert data.taken == baseline <= 16
 
 
 class Empty(IterableDataset):
@@ -215,33 +268,51 @@ class Empty(IterableDataset):
         return iter([])
 
 
-@pytest.mark.parametrize("layer", [None, "head"])
-def test_an_empty_stream_raises_a_clear_error(layer):
-    with pytest.raises(InvalidInputError, match=r"DataLoader yields no batch"):
-        kit.trainer(max_steps=1, callbacks=[InitGuard(layer=layer)]).fit(
+def test_an_empty_stream_asks_for_targets_rather_than_reading_it():
+    with pytest.raises(InvalidInputError, match=r"Empty is an IterableDataset.*`targets=`"):
+        kit.trainer(max_steps=1, callbacks=[InitGuard(layer="head")]).fit(
             binary_model(), DataLoader(Empty(), batch_size=16)
         )
 
 
-def test_a_one_shot_stream_trains_with_targets_and_layer_given():
+@pytest.mark.parametrize("stream", STREAMS)
+def test_a_stream_with_targets_but_no_layer_needs_one_to_trace(stream):
     _, y, items = rows()
+    baseline = prefetched(stream, items)
+    data = stream(items)
+    pattern = r"never iterates a stream: .*Pass `layer=` .*received targets given, no `layer=`"
+    with pytest.raises(InvalidInputError, match=pattern):
+        kit.trainer(max_steps=1, callbacks=[InitGuard(targets=y)]).fit(
+            binary_model(), DataLoader(data, batch_size=16)
+        )
+    assert data.taken == baseline
 
-    class Count(L.Callback):
-        batches = 0
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            Count.batches += 1
-
-    guard = InitGuard(layer="head", targets=y.numpy())
-    snapshot = kit.Snapshot()
-    kit.trainer(max_epochs=1, callbacks=[guard, snapshot, Count()]).fit(
-        binary_model(), DataLoader(Shared(items), batch_size=16)
+    # Checking alone needs no layer: the check runs on the whole stream.
+    data, counter = stream(items), Rows()
+    guard = InitGuard(targets=y, set_bias=False)
+    kit.trainer(max_epochs=1, callbacks=[guard, counter]).fit(
+        binary_model(), DataLoader(data, batch_size=16)
     )
-    # Training saw the whole stream and the bias is the log-odds of the targets.
-    assert Count.batches == 4
-    rate = float(y.double().mean())
-    assert snapshot.at_start["head.bias"].item() == pytest.approx(np.log(rate / (1 - rate)))
+    assert counter.seen == 64
     assert guard.report.verdict is not Verdict.SKIPPED
+    assert any(
+        "output layer not identified" in n and "never iterates a stream" in n
+        for n in guard.report.notes
+    )
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_a_stream_traces_with_the_example_input_array(stream):
+    _, y, items = rows()
+    model = binary_model()
+    model.example_input_array = torch.zeros(4, 8)
+    data, counter, guard = stream(items), Rows(), InitGuard(targets=y)
+    kit.trainer(max_epochs=1, callbacks=[guard, counter]).fit(
+        model, DataLoader(data, batch_size=16)
+    )
+    assert counter.seen == 64
+    assert guard.report.layer == "head"
+    assert guard.report.bias_set
 
 
 # --------------------------------------------------------- rate activations

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
-from torch.utils.data import TensorDataset, default_collate, default_convert
+from torch.utils.data import IterableDataset, TensorDataset, default_collate, default_convert
 from typing_extensions import override
 
 from .._check import Report, skipped
@@ -42,6 +42,11 @@ class InitGuard(Callback):
     before the second optimizer step) when they disagree beyond the
     tolerance.
 
+    A stream (an ``IterableDataset``) is never read by initguard, since
+    nothing tells a stream that can be replayed from one that shares a
+    single source with training: pass ``targets=`` (and ``layer=``, or set
+    the module's ``example_input_array``) with one.
+
     A fit resumed from a checkpoint (``ckpt_path``) keeps its trained bias
     and skips the check. Weights loaded by hand before ``fit`` look like a
     fresh model: pass ``set_bias=False`` to keep them.
@@ -63,9 +68,11 @@ class InitGuard(Callback):
             Defaults to None.
         layer: dotted name of the final layer (as ``named_modules`` gives it).
             Defaults to None: traced from one forward pass of the first
-            batch's inputs (or ``example_input_array``).
+            batch's inputs (or ``example_input_array``; required for an
+            ``IterableDataset`` when ``layer`` is not given).
         targets: the training targets, overriding the data. Defaults to
-            None: read from the training DataLoader.
+            None: read from the training DataLoader (required for an
+            ``IterableDataset``: its targets, or a representative sample).
         targets_from_batch: a function returning the target part of one
             batch (or of a TensorDataset's tuple of tensors). Defaults to None:
             the last element of a tuple, or a dict's ``"target"``/``"label"``/
@@ -78,8 +85,9 @@ class InitGuard(Callback):
             tolerance).
         allow_buffer: write a bias held in a buffer rather than a parameter.
             Defaults to False.
-        max_target_batches: the most batches read when the dataset exposes no
-            targets and the loader itself must be iterated. Defaults to 1000.
+        max_target_batches: the most batches read when a map-style dataset
+            exposes no targets and the loader itself must be iterated.
+            Defaults to 1000.
 
     Example::
 
@@ -151,6 +159,7 @@ class InitGuard(Callback):
         self._head_name = ""
         self._notes: list[str] = []
         self._width_is_classes = False
+        self._doubled_seen = False
         # The fresh head's output minus its old bias, [rows, width], from the
         # tracing pass; and the loss that spread adds (rank-local).
         self._deviations: np.ndarray | None = None
@@ -230,6 +239,7 @@ class InitGuard(Callback):
         self._bias_set = False
         self._head_name = ""
         self._notes = []
+        self._doubled_seen = False
         self._deviations = None
         self._spread = None
 
@@ -248,9 +258,11 @@ class InitGuard(Callback):
             if loader is None:
                 self._skip(trainer, "no training batch will run, so there is nothing to plan")
                 return
+            self._refuse_stream(pl_module, loader)
         head = self._find_head(trainer, pl_module, loader)
         self._check_writable(head)
         spec = self._make_spec(choice, head)
+        self._note_squash(choice, spec, head)
         self._head_name = head.name if head is not None else ""
         context = f"loss {choice.source}" + (f", layer {head.name!r}" if head else "")
         if head is not None and spec.name == "cross_entropy" and self._width_is_classes:
@@ -304,6 +316,56 @@ class InitGuard(Callback):
                 f"{type(loader).__name__}. Pass `targets=` (and `layer=`)."
             )
         return loader
+
+    def _refuse_stream(self, pl_module: LightningModule, loader: Any) -> None:
+        """Fails before a stream is read when initguard would have to iterate it.
+
+        Iterating a stream may take items training needs (a generator over
+        one shared source hands out each item once), and nothing short of
+        iterating it tells whether it would.
+
+        Raises:
+            InvalidInputError: the dataset is an IterableDataset and
+                ``targets`` is not given, or tracing the head would need a
+                batch of it.
+        """
+        dataset = loader.dataset
+        if not isinstance(dataset, IterableDataset):
+            return
+        needs_layer = self._layer is None and pl_module.example_input_array is None
+        if self._targets is not None and (not needs_layer or not self._set_bias):
+            return
+        wanted = []
+        if self._targets is None:
+            wanted.append(
+                "`targets=` (the stream's training targets, or a representative sample of them)"
+            )
+        if needs_layer:
+            wanted.append(
+                "`layer=` (the final layer's name, e.g. layer=\"head\") or set the module's "
+                "`example_input_array`"
+            )
+        given = "targets given" if self._targets is not None else "no `targets=`"
+        given += ", no `layer=`" if self._layer is None else f", layer={self._layer!r}"
+        raise InvalidInputError(
+            f"initguard never iterates a stream: the training dataset "
+            f"{type(dataset).__name__} is an IterableDataset, and reading it could take items "
+            f"training needs. Pass {' and '.join(wanted)}; received {given}."
+        )
+
+    def _note_squash(self, choice: LossChoice, spec: LossSpec, head: _layers.Head | None) -> None:
+        """Notes a sigmoid or softmax after the head when the loss applies it too."""
+        if head is None or not choice.takes_logits:
+            return
+        activation = getattr(spec, "activation", "")
+        if activation not in head.squashed_by:
+            return
+        self._doubled_seen = True
+        name = {"sigmoid": "Sigmoid", "softmax": "Softmax"}[activation]
+        self._notes.append(
+            f"the model's output passes through a {name} after the head while the loss "
+            f"({choice.source}) expects logits (seen in forward, which training_step may not use)"
+        )
 
     def _find_head(
         self, trainer: Trainer, pl_module: LightningModule, loader: Any
@@ -541,6 +603,7 @@ class InitGuard(Callback):
             is_global_zero=trainer.is_global_zero,
             batch=batch_loss,
             spread_excess=spread_excess,
+            doubled_seen=self._doubled_seen,
         )
         self._log_metrics(trainer)
 

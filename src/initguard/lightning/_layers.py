@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,10 @@ class Head:
         bias: the bias tensor, or None when the layer has none.
         in_buffer: whether that bias is a buffer rather than a parameter.
         found_by: how the layer was chosen, for the report.
+        squashed_by: the probability activations ("sigmoid", "softmax") the
+            traced forward applies between this layer and the model's
+            output, in order from the output back; empty when none were
+            seen or the layer was named rather than traced.
     """
 
     name: str
@@ -33,6 +37,7 @@ class Head:
     bias: torch.Tensor | None
     in_buffer: bool
     found_by: str
+    squashed_by: tuple[str, ...] = ()
 
 
 def describe(module: nn.Module, name: str, found_by: str) -> Head:
@@ -161,10 +166,11 @@ def find_output_layer(
             "output layer cannot be traced; pass `layer=` with the name of the final layer."
         )
 
-    candidates, reasons = _walk(output, produced, by_tensor, modules)
+    candidates, reasons, squashed_by = _walk(output, produced, by_tensor, modules)
     keep.clear()
     if len(candidates) == 1:
-        return describe(modules[candidates[0]], candidates[0], "traced from the forward pass")
+        head = describe(modules[candidates[0]], candidates[0], "traced from the forward pass")
+        return replace(head, squashed_by=squashed_by)
     if candidates:
         listed = ", ".join(repr(c) for c in candidates)
         raise InvalidInputError(
@@ -178,25 +184,38 @@ def find_output_layer(
     )
 
 
+# Autograd nodes of the activations that turn logits into probabilities
+# (nn.Sigmoid, nn.Softmax, torch.sigmoid, F.softmax all record these).
+_SQUASHES = {"SigmoidBackward0": "sigmoid", "SoftmaxBackward0": "softmax"}
+
+
 def _walk(
     output: torch.Tensor,
     produced: dict[int, list[str]],
     by_tensor: dict[int, list[str]],
     modules: dict[str, nn.Module],
-) -> tuple[list[str], list[str]]:
-    """Walks the autograd graph back from the output to the first biased modules."""
+) -> tuple[list[str], list[str], tuple[str, ...]]:
+    """Walks the autograd graph back from the output to the first biased modules.
+
+    Returns:
+        The heads found, why none was found, and the probability
+        activations on the paths from the output back to those heads.
+    """
     direct = by_tensor.get(id(output), [])
     if output.grad_fn is None:
         heads = _deepest_with_bias(direct, modules)
         reason = "the output carries no autograd graph and no module returned it as is"
-        return heads, ([] if heads else [reason])
+        return heads, ([] if heads else [reason]), ()
 
     found: list[str] = []
     reasons: list[str] = []
+    squashed: list[str] = []
     seen: set[int] = set()
-    queue = deque([output.grad_fn])
+    # Each node carries the activations met on the way to it from the output,
+    # so only those on a path that ends at a head are reported.
+    queue: deque[tuple[Any, tuple[str, ...]]] = deque([(output.grad_fn, ())])
     while queue:
-        node = queue.popleft()
+        node, path = queue.popleft()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
@@ -204,7 +223,11 @@ def _walk(
         heads = _deepest_with_bias(names, modules)
         if heads:
             found.extend(h for h in heads if h not in found)
+            squashed.extend(a for a in path if a not in squashed)
             continue
+        squash = _SQUASHES.get(type(node).__name__)
+        if squash is not None:
+            path = (*path, squash)
         parents = [fn for fn, _ in node.next_functions if fn is not None]
         # A parameter used outside any module after the last biased layer (say
         # F.linear(x, self.w)) means the traced layer is not the output layer.
@@ -213,9 +236,9 @@ def _walk(
                 f"the output passes through {type(node).__name__} with a parameter used "
                 "outside any module"
             )
-            return [], reasons
-        queue.extend(parents)
-    return found, reasons
+            return [], reasons, ()
+        queue.extend((parent, path) for parent in parents)
+    return found, reasons, tuple(squashed)
 
 
 def _deepest_with_bias(names: list[str], modules: dict[str, nn.Module]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -117,13 +116,13 @@ def first_batch(loader: DataLoader[Any]) -> Any:
 
     Raises:
         InvalidInputError: the loader yields nothing, or its dataset is an
-            IterableDataset that can be iterated only once.
+            IterableDataset (see ``refuse_stream``).
     """
     dataset = loader.dataset
     if _serves_as_stored(loader) is None and _plain_getitem(dataset, TensorDataset):
         assert isinstance(dataset, TensorDataset)
         return tuple(t[:2] for t in dataset.tensors)
-    refuse_one_shot(loader)
+    refuse_stream(loader)
     with untouched_randomness(loader):
         batch = next(iter(loader), _NOTHING)
     if batch is _NOTHING:
@@ -140,41 +139,25 @@ first_rows = first_batch
 _NOTHING = object()
 
 
-def refuse_one_shot(loader: DataLoader[Any]) -> None:
-    """Fails before an IterableDataset that can be iterated only once is touched.
+def refuse_stream(loader: DataLoader[Any]) -> None:
+    """Fails before an IterableDataset is touched: initguard never iterates a stream.
 
-    Training needs every item of such a stream, so initguard must not read
-    any of it. A dataset that is itself an iterator, or whose ``__iter__``
-    returns the same iterator on every call, is one-shot.
+    A stream may hand out each item once (a generator over one shared
+    source), and nothing short of iterating it tells; the items initguard
+    read would then never reach training.
 
     Raises:
-        InvalidInputError: the dataset is such a stream.
+        InvalidInputError: the dataset is an IterableDataset.
     """
     dataset = loader.dataset
-    if not isinstance(dataset, IterableDataset):
-        return
-    if isinstance(dataset, Iterator):
-        one_shot = True
-    else:
-        first, second = iter(dataset), iter(dataset)
-        one_shot = first is second
-        if not one_shot:
-            # Fresh generators that never ran: closing them runs no user code.
-            for fresh in (first, second):
-                if isinstance(fresh, types.GeneratorType):
-                    fresh.close()
-    if one_shot:
-        raise InvalidInputError(_one_shot_message(dataset, "returns the same iterator each time"))
-
-
-def _one_shot_message(dataset: Any, why: str) -> str:
-    return (
-        f"The training dataset {type(dataset).__name__} is an IterableDataset that can be "
-        f"iterated only once (its __iter__ {why}), and reading it would take the data "
-        "training needs. Pass `targets=` (the training targets) and `layer=` (or set the "
-        "module's `example_input_array`), so initguard does not iterate the loader; or make "
-        "__iter__ start a fresh pass over the data on every call."
-    )
+    if isinstance(dataset, IterableDataset):
+        raise InvalidInputError(
+            f"initguard never iterates a stream: the training dataset "
+            f"{type(dataset).__name__} is an IterableDataset, and reading it could take items "
+            "training needs. Pass `targets=` (the stream's training targets, or a "
+            "representative sample of them) and `layer=` (or set the module's "
+            "`example_input_array`)."
+        )
 
 
 def _serves_as_stored(loader: DataLoader[Any]) -> str | None:
@@ -357,16 +340,14 @@ def collect(
         Notes for the report saying which source was used, and why.
 
     Raises:
-        InvalidInputError: the loader yields nothing, or iterating it would
-            use up a one-shot stream.
+        InvalidInputError: the loader yields nothing, or its dataset is an
+            IterableDataset (see ``refuse_stream``).
     """
+    refuse_stream(loader)
     take: Taker | None = None
     why = _serves_as_stored(loader)
     if why is None:
-        if isinstance(loader.dataset, IterableDataset):
-            why = "the dataset is an IterableDataset, whose items only iterating it gives"
-        else:
-            take, why = dataset_targets(loader.dataset, targets_from_batch)
+        take, why = dataset_targets(loader.dataset, targets_from_batch)
     if take is not None:
         indices = epoch_indices(loader)
         if indices is not None:
@@ -389,8 +370,7 @@ def _pass_over_loader(
     max_batches: int,
     why: str,
 ) -> list[str]:
-    """Iterates the loader and keeps only the target part of each batch."""
-    refuse_one_shot(loader)
+    """Iterates the loader (never a stream's) and keeps only the target part of each batch."""
     batches = 0
     truncated = False
     with untouched_randomness(loader):
@@ -400,17 +380,6 @@ def _pass_over_loader(
                 break
             stats.update(targets_of_batch(batch, targets_from_batch))
             batches += 1
-        # A stream that hands out fresh iterators over one shared source is
-        # empty after a full pass; say so rather than let training see nothing.
-        if (
-            batches
-            and not truncated
-            and isinstance(loader.dataset, IterableDataset)
-            and next(iter(loader), _NOTHING) is _NOTHING
-        ):
-            raise InvalidInputError(
-                _one_shot_message(loader.dataset, "gave nothing on a second pass")
-            )
     if batches == 0:
         raise InvalidInputError(
             "The training DataLoader yields no batch; initguard has no targets."

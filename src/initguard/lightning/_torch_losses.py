@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,8 @@ class LossChoice:
         required: options the loss object cannot tell and the user must
             give in ``loss_options``, each with the message to show when
             it is missing.
+        takes_logits: whether the loss applies the sigmoid or softmax
+            itself, so a model that applies it too squashes its output twice.
     """
 
     loss: str | LossSpec
@@ -37,6 +39,7 @@ class LossChoice:
     source: str
     notes: tuple[str, ...] = ()
     required: tuple[tuple[str, str], ...] = ()
+    takes_logits: bool = False
 
     def spec(self, extra: Mapping[str, Any] | None = None) -> LossSpec:
         """Builds the core description, with ``extra`` options overriding.
@@ -197,6 +200,14 @@ _READERS: tuple[tuple[type[nn.Module], Callable[..., Any]], ...] = (
 
 SUPPORTED = tuple(cls for cls, _ in _READERS)
 
+# Torch losses that apply the sigmoid or softmax to the model's output
+# themselves (BCELoss and NLLLoss expect it applied already).
+_FROM_LOGITS = (nn.CrossEntropyLoss, nn.BCEWithLogitsLoss, nn.MultiLabelSoftMarginLoss)
+# Core losses that plan a bias before their own sigmoid or softmax.
+_CORE_FROM_LOGITS = frozenset(
+    {"cross_entropy", "binary_cross_entropy", "softmax_focal", "sigmoid_focal"}
+)
+
 
 def is_torch_loss(module: object) -> bool:
     """True for torch's own loss modules and subclasses of the supported ones."""
@@ -222,7 +233,14 @@ def read_torch_loss(loss: nn.Module) -> LossChoice:
         if isinstance(loss, cls):
             name, options, notes = reader(loss)
             options = {k: v for k, v in options.items() if v is not None}
-            return LossChoice(name, options, type(loss).__name__, notes, _required(loss))
+            return LossChoice(
+                name,
+                options,
+                type(loss).__name__,
+                notes,
+                _required(loss),
+                takes_logits=isinstance(loss, _FROM_LOGITS),
+            )
 
     supported = ", ".join(cls.__name__ for cls in SUPPORTED)
     raise InvalidInputError(
@@ -267,5 +285,7 @@ def choose_loss(loss: Any, options: Mapping[str, Any] | None) -> LossChoice | No
             f"received {loss!r}."
         )
 
-    choice.spec(extra)  # validates the name and every option now
+    spec = choice.spec(extra)  # validates the name and every option now
+    if isinstance(loss, (str, LossSpec)) and spec.name in _CORE_FROM_LOGITS:
+        choice = replace(choice, takes_logits=True)
     return choice
