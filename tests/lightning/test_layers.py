@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 import initguard  # noqa: E402
 from initguard import InvalidInputError, Verdict  # noqa: E402
 from initguard.lightning import InitGuard  # noqa: E402
+from initguard.lightning._layers import find_output_layer  # noqa: E402
 
 
 class Module(L.LightningModule):
@@ -89,6 +90,38 @@ def test_head_found_through_a_final_sigmoid_module():
     # first batch's targets.
     measured = float(nn.BCELoss()(torch.sigmoid(bias).expand_as(first.y), first.y))
     assert report.expected_loss == pytest.approx(measured, rel=1e-6)
+
+
+class Squash(nn.Module):
+    """A body, a head, and what ``after`` does to the head's output."""
+
+    def __init__(self, after, before=None):
+        super().__init__()
+        self.body, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.after, self.before = after, before or (lambda h: h)
+
+    def forward(self, x):
+        return self.after(self.head(self.before(self.body(x))))
+
+
+@pytest.mark.parametrize(
+    ("model", "squashed_by"),
+    [
+        (Squash(nn.Sigmoid()), ("sigmoid",)),
+        (Squash(nn.Softmax(dim=1)), ("softmax",)),
+        (Squash(lambda z: torch.softmax(z, dim=1) * 1.0), ("softmax",)),
+        (Squash(lambda z: torch.sigmoid(torch.sigmoid(z))), ("sigmoid",)),
+        (Squash(lambda z: torch.log_softmax(z, dim=1)), ()),
+        (Squash(nn.Identity(), before=torch.sigmoid), ()),
+    ],
+    ids=["Sigmoid", "Softmax", "F.softmax", "sigmoid_twice", "log_softmax", "sigmoid_before"],
+)
+def test_tracing_records_a_sigmoid_or_softmax_after_the_head(model, squashed_by):
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    head = find_output_layer(model, lambda: model(x))
+    assert head.name == "head"
+    assert head.squashed_by == squashed_by
 
 
 def test_several_heads_feeding_the_output_are_listed():

@@ -12,7 +12,7 @@ import ig_lightning_kit as kit  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset  # noqa: E402
 
-from initguard import InvalidInputError, Verdict  # noqa: E402
+from initguard import InitLossWarning, InvalidInputError, Verdict  # noqa: E402
 from initguard.lightning import InitGuard  # noqa: E402
 
 N = 1000
@@ -426,3 +426,84 @@ def test_an_untraceable_forward_asks_for_layer(model, error):
     assert bias.item() == pytest.approx(np.log(rate / (1 - rate)))
     assert report.verdict is Verdict.PASS
     assert report.step0_loss == pytest.approx(report.expected_loss, rel=1e-5)
+
+
+# ------------------------------------------- probabilities fed to a logits loss
+
+
+class SoftmaxOut(kit.Net):
+    def forward(self, x):
+        return nn.functional.softmax(self.head(self.body(x)), dim=1)
+
+
+def imbalanced_classes(n, seed):
+    """Five classes, 80 % of them class 0, with a little signal in the inputs."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(5, size=n, p=[0.8, 0.05, 0.05, 0.05, 0.05])
+    x = rng.normal(size=(n, 8)) + 0.3 * np.eye(5, 8)[y]
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+
+
+def first_check(model, x, y, batch_size=256):
+    guard = InitGuard()
+    kit.trainer(max_steps=1, callbacks=[guard]).fit(
+        model, kit.loader(x, y, batch_size=batch_size, seed=1)
+    )
+    return guard.report
+
+
+SIGMOID_NOTE = "passes through a Sigmoid after the head while the loss (BCEWithLogitsLoss)"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sigmoid_before_bce_with_logits_fails_naming_it(seed):
+    x, y = kit.binary_data(1024, 0.1, seed)
+    torch.manual_seed(seed)
+    model = kit.Net(8, 1, nn.BCEWithLogitsLoss(), final="sigmoid", squeeze=True)
+    with pytest.warns(InitLossWarning, match=r"passed through sigmoid twice"):
+        report = first_check(model, x, y)
+    assert report.verdict is Verdict.FAIL
+    assert any(SIGMOID_NOTE in n for n in report.notes)
+    assert report.step0_loss > report.expected_loss
+
+    torch.manual_seed(seed)
+    plain = kit.Net(8, 1, nn.BCEWithLogitsLoss(), squeeze=True)
+    report = first_check(plain, x, y)
+    assert report.verdict is Verdict.PASS
+    assert not any("after the head" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_softmax_before_cross_entropy_fails_on_a_majority_class(seed):
+    x, y = imbalanced_classes(1024, seed)
+    torch.manual_seed(seed)
+    with pytest.warns(InitLossWarning, match=r"passed through softmax twice"):
+        report = first_check(SoftmaxOut(8, 5, nn.CrossEntropyLoss()), x, y)
+    assert report.verdict is Verdict.FAIL
+    assert any(
+        "passes through a Softmax after the head while the loss (CrossEntropyLoss)" in n
+        for n in report.notes
+    )
+
+    torch.manual_seed(seed)
+    report = first_check(kit.Net(8, 5, nn.CrossEntropyLoss()), x, y)
+    assert report.verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bce_after_a_sigmoid_is_what_it_expects(seed):
+    x, y = kit.binary_data(1024, 0.1, seed)
+    torch.manual_seed(seed)
+    report = first_check(kit.Net(8, 1, nn.BCELoss(), final="sigmoid", squeeze=True), x, y)
+    assert report.verdict is Verdict.PASS
+    assert not any("after the head" in n for n in report.notes)
+
+
+def test_a_core_loss_name_counts_as_taking_logits():
+    x, y = kit.binary_data(1024, 0.1, 0)
+    torch.manual_seed(0)
+    model = kit.Net(8, 1, nn.BCEWithLogitsLoss(), final="sigmoid", squeeze=True)
+    guard = InitGuard("binary_cross_entropy")
+    with pytest.warns(InitLossWarning, match=r"twice"):
+        kit.trainer(max_steps=1, callbacks=[guard]).fit(model, kit.loader(x, y, batch_size=256))
+    assert any("passes through a Sigmoid after the head" in n for n in guard.report.notes)
