@@ -195,6 +195,29 @@ def test_probabilities_fed_to_a_from_logits_loss_fire(seed: int) -> None:
         assert guard.report is not None and guard.report.verdict is verdict, guard.report
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_probabilities_fed_to_a_from_logits_loss_fail_at_ten_percent(seed: int) -> None:
+    # At 10 % positives the doubled loss (about 0.73) sits inside the band around
+    # the expected 0.33; the sigmoid on the head under from_logits=True decides it.
+    features, labels = _data(seed, n=1024, rate=0.1)
+    loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    keras.utils.set_random_seed(seed)
+    model = _mlp(1, "sigmoid")
+    model.compile(optimizer="sgd", loss=loss)
+    guard = InitGuard(labels)
+    with _warns("passed through sigmoid twice"):
+        model.fit(features, labels, batch_size=256, verbose=0, callbacks=[guard])
+    assert guard.report is not None and guard.report.verdict is Verdict.FAIL, guard.report
+    assert guard.report.step0_loss > guard.report.expected_loss
+
+    keras.utils.set_random_seed(seed)
+    model = _mlp(1, "linear")
+    model.compile(optimizer="sgd", loss=loss)
+    guard = InitGuard(labels)
+    model.fit(features, labels, batch_size=256, verbose=0, callbacks=[guard])
+    assert guard.report is not None and guard.report.verdict is Verdict.PASS, guard.report
+
+
 def test_async_batch_dispatch_stays_on() -> None:
     keras.utils.set_random_seed(0)
     features, labels = _data(0)

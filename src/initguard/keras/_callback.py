@@ -104,6 +104,7 @@ class InitGuard(keras.callbacks.Callback):
     _log_metrics: bool
     _head: Head | None
     _notes: list[str]
+    _doubled_seen: bool
 
     def __init__(
         self,
@@ -181,6 +182,8 @@ class InitGuard(keras.callbacks.Callback):
         self._penalty = 0.0
         self._positions = 1
         self._notes = []
+        # The output layer applies the sigmoid or softmax the loss applies too.
+        self._doubled_seen = False
 
     def _prepare(self) -> None:
         model = self.model
@@ -339,6 +342,9 @@ class InitGuard(keras.callbacks.Callback):
                 raise InvalidInputError(f"initguard.keras: {message}.")
             self._notes.append(message)
         elif loss.from_logits and activation in ("softmax", "sigmoid"):
+            # TensorFlow's losses take the logits kept on a sigmoid or softmax
+            # output instead, so only the other backends apply it twice.
+            self._doubled_seen = keras.backend.backend() != "tensorflow"
             self._notes.append(
                 f"{loss.display} takes logits (from_logits=True) but layer {head.name!r} applies "
                 f"{activation}: the TensorFlow backend repairs this with a warning, other "
@@ -401,6 +407,7 @@ class InitGuard(keras.callbacks.Callback):
             bias_set=self._bias_set,
             layer=self._head.name,
             notes=tuple(self._notes),
+            doubled_seen=self._doubled_seen,
         )
 
     def _targets_mismatch(self, batch_size: int) -> str:
