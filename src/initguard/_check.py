@@ -163,7 +163,12 @@ def check(
     inside = -below <= deviation <= allowed + headroom
 
     cause = _structural_cause(plan, measured, batch, bias_set, spread_excess, scale, tolerance)
-    nearer_doubled = math.isfinite(doubled) and abs(measured - doubled) < abs(measured - expected)
+    # The hint decides only where the two explanations can be told apart.
+    nearer_doubled = (
+        math.isfinite(doubled)
+        and abs(doubled - expected) > allowed
+        and abs(measured - doubled) < abs(measured - expected)
+    )
     if not cause and doubled_seen and bias_set and nearer_doubled:
         cause = _doubled_cause(plan.activation, doubled)
     if not cause and not (math.isfinite(measured) and inside):
