@@ -208,12 +208,6 @@ class CrossEntropy(LossSpec):
             class_axis=self.class_axis,
         )
 
-    def unseen_outputs(self, stats: ClassStats, width: int) -> int:
-        return int(width - np.count_nonzero(stats.mass[:width] > 0))
-
-    def samples(self, stats: ClassStats) -> int:
-        return stats.samples
-
     def width(self, stats: ClassStats) -> int:
         if self.num_classes is not None:
             return self.num_classes
@@ -349,9 +343,6 @@ class KLDivergence(LossSpec):
             target_floor=self.epsilon,
         )
 
-    def samples(self, stats: ClassStats) -> int:
-        return stats.samples
-
     def width(self, stats: ClassStats) -> int:
         return self.num_classes or stats.mass.shape[0]
 
@@ -442,12 +433,6 @@ class SoftmaxFocal(LossSpec):
             ignore_index=self.ignore_index,
             class_axis=self.class_axis,
         )
-
-    def unseen_outputs(self, stats: ClassStats, width: int) -> int:
-        return int(width - np.count_nonzero(stats.mass[:width] > 0))
-
-    def samples(self, stats: ClassStats) -> int:
-        return stats.samples
 
     def width(self, stats: ClassStats) -> int:
         return self.num_classes or stats.mass.shape[0]
@@ -624,9 +609,6 @@ class _SigmoidLoss(LossSpec):
 
     def new_stats(self) -> BinaryStats:
         return BinaryStats(class_axis=self.class_axis)
-
-    def samples(self, stats: BinaryStats) -> int:
-        return stats.samples
 
     def width(self, stats: BinaryStats) -> int:
         return int(stats.sums.shape[0])

@@ -135,3 +135,24 @@ class Guard:
 def describe_loss(loss: Any) -> str:
     """A short name of a loss object for error messages."""
     return getattr(loss, "name", None) or type(loss).__name__
+
+
+class GuardViews:
+    """What both callbacks show of their guard: the plan, the report, strictness."""
+
+    _guard: Guard
+
+    @property
+    def report(self) -> Report | None:
+        """What the guard found in the latest fit, or None before its check."""
+        return self._guard.report
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan over all the training targets (bias, expected loss), or None before fit."""
+        return self._guard.plan
+
+    @property
+    def strict(self) -> bool:
+        """Whether a failed check raises."""
+        return self._guard.strict

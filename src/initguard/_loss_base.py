@@ -10,7 +10,7 @@ import numpy as np
 
 from ._errors import InvalidInputError
 from ._plan import Moments, Plan
-from ._stats import Stats
+from ._stats import ClassStats, Stats
 from ._validate import REDUCTIONS, check_bias, check_reduction, show
 
 LOSSES: dict[str, type[LossSpec]] = {}
@@ -77,11 +77,13 @@ class LossSpec:
 
     def unseen_outputs(self, stats: Any, width: int) -> int:
         """Output units that no target ever selects (softmax classes)."""
-        return 0
+        if not isinstance(stats, ClassStats):
+            return 0
+        return int(width - np.count_nonzero(stats.mass[:width] > 0))
 
     def samples(self, stats: Any) -> int:
-        """Returns the number of samples the statistics hold."""
-        return int(stats.rows)
+        """Returns the number of samples (elements) the statistics hold."""
+        return int(getattr(stats, "samples", stats.rows))
 
     def fixed_bias(self, width: int) -> tuple[np.ndarray, str] | None:
         """Returns a constant output fixed by hand and a note, or None for the optimum."""

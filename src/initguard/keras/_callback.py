@@ -10,12 +10,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from .._check import Report, skipped
+from .._check import skipped
 from .._config import Tolerance
 from .._errors import InvalidInputError
-from .._guard import Guard, log
+from .._guard import Guard, GuardViews, log
 from .._loss_base import LOSSES, LossSpec
-from .._plan import Plan
 from .._targets import require_finite, to_numpy
 from ._keras_losses import KL, REGRESSION, SIGMOID, SOFTMAX, KerasLoss, core_spec, read_keras_loss
 from ._layers import Head, ensure_built, find_head, write_bias
@@ -23,7 +22,7 @@ from ._layers import Head, ensure_built, find_head, write_bias
 _NEEDED_ACTIVATION = {SOFTMAX: "softmax", SIGMOID: "sigmoid", KL: "softmax"}
 
 
-class InitGuard(keras.callbacks.Callback):
+class InitGuard(GuardViews, keras.callbacks.Callback):
     """Sets the output bias to the best constant for the targets and checks the step-0 loss.
 
     At ``on_train_begin`` the callback reads the loss from ``model.loss`` (or
@@ -129,21 +128,6 @@ class InitGuard(keras.callbacks.Callback):
         self._input_shape = _check_input_shape(input_shape)
         self._guard = Guard(strict=strict, tolerance=tolerance)
         self._reset()
-
-    @property
-    def report(self) -> Report | None:
-        """What the guard found in the last fit, or None before its first batch."""
-        return self._guard.report
-
-    @property
-    def plan(self) -> Plan | None:
-        """The plan of the last fit (bias, expected loss), or None before fit."""
-        return self._guard.plan
-
-    @property
-    def strict(self) -> bool:
-        """Whether a failed check raises."""
-        return self._guard.strict
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset()

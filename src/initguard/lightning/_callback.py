@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import IterableDataset, TensorDataset, default_collate, default_convert
 from typing_extensions import override
 
-from .._check import Report, skipped
+from .._check import skipped
 from .._config import Tolerance
 from .._errors import InvalidInputError
-from .._guard import Guard
+from .._guard import Guard, GuardViews
 from .._loss_base import LossSpec
 from .._plan import BatchLoss, Plan
 from .._stats import Stats
@@ -26,7 +26,7 @@ from . import _layers, _targets
 from ._torch_losses import LossChoice, choose_loss, is_torch_loss, read_torch_loss
 
 
-class InitGuard(Callback):
+class InitGuard(GuardViews, Callback):
     r"""Sets the final layer's bias to the best constant output and checks the step-0 loss.
 
     At fit start the callback reads the training targets, computes the
@@ -93,7 +93,7 @@ class InitGuard(Callback):
 
         trainer = Trainer(callbacks=[InitGuard()])
         trainer.fit(model, datamodule=dm)
-        print(trainer.callbacks[0].report.message)
+        summary = trainer.callbacks[0].report.message
     """
 
     def __init__(
@@ -165,21 +165,6 @@ class InitGuard(Callback):
         self._deviations: np.ndarray | None = None
         self._spread: float | None = None
         self.restored_report: dict[str, Any] | None = None
-
-    @property
-    def report(self) -> Report | None:
-        """What the guard found in the latest fit, or None before the first check."""
-        return self._guard.report
-
-    @property
-    def plan(self) -> Plan | None:
-        """The plan over all the training targets (bias, expected loss), or None before fit."""
-        return self._guard.plan
-
-    @property
-    def strict(self) -> bool:
-        """Whether a failed check raises."""
-        return self._guard.strict
 
     @property
     def state_key(self) -> str:
