@@ -241,7 +241,8 @@ def _structural_cause(
         return (
             f"the fresh final layer spreads its outputs so widely around the bias that they add "
             f"{spread_excess:.4g} to the loss (more than {tolerance.headroom:g} x the loss "
-            "scale): its initial weights are too large (the 'hockey stick'); scale them down"
+            "scale): its initial weights are too large for its inputs (the 'hockey stick'); "
+            "scale them down, or normalise the inputs"
         )
     return ""
 

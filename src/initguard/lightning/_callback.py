@@ -91,9 +91,9 @@ class InitGuard(GuardViews, Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[InitGuard()])
-        trainer.fit(model, datamodule=dm)
-        summary = trainer.callbacks[0].report.message
+        guard = InitGuard()
+        Trainer(callbacks=[guard]).fit(model, datamodule=dm)
+        summary = guard.report.message
     """
 
     def __init__(
