@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from exactness_kit import RTOL, assert_close, check_optimal, draw_labels
 
 import initguard
 
 keras = pytest.importorskip("keras")
 losses = keras.losses
 
-RTOL = 1e-6
 SEEDS = (0, 1)
 
 
@@ -44,24 +44,19 @@ def _per_sample(loss: Any, y: np.ndarray, output: np.ndarray, **kwargs: Any) -> 
     return np.asarray(type(loss).from_config(config)(y, output, **kwargs))
 
 
-def _labels(kind: str, classes: int, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
-    if kind == "balanced":
-        probs = np.full(classes, 1.0 / classes)
-    elif kind == "imbalanced":
-        probs = 0.5 ** np.arange(classes)
-    else:  # "unseen": the last class never occurs
-        probs = np.r_[rng.uniform(0.5, 1.5, classes - 1), 0.0]
-    return rng.choice(classes, size=shape, p=probs / probs.sum())
+def _assert_plan_matches(
+    loss: Any, targets: np.ndarray, plan: initguard.Plan, rng: np.random.Generator
+) -> None:
+    """Expected, zero-bias, optimal and spread, all from Keras on one-hot or soft rows."""
 
+    def loss_at(bias: np.ndarray) -> float:
+        return _value(loss, targets, _constant(bias, targets.shape))
 
-def _assert_close(actual: float, expected: float, rtol: float = RTOL) -> None:
-    assert actual == pytest.approx(expected, rel=rtol, abs=1e-12)
-
-
-def _check_optimal(loss_at: Any, bias: np.ndarray, rng: np.random.Generator) -> None:
-    best = loss_at(bias)
-    for _ in range(3):
-        assert loss_at(bias + rng.normal(0.0, 0.05, size=bias.shape)) >= best - 1e-12
+    assert_close(loss_at(plan.bias), plan.expected_loss)
+    assert_close(loss_at(np.zeros(plan.bias.shape[0])), plan.zero_bias_loss)
+    check_optimal(loss_at, plan.bias, rng, draws=3)
+    per_sample = _per_sample(loss, targets, _constant(plan.bias, targets.shape))
+    assert_close(float(per_sample.std()), plan.loss_std)
 
 
 # ----------------------------------------------------------------------------
@@ -79,7 +74,7 @@ def test_sparse_categorical(
     rng = np.random.default_rng(seed)
     classes = 5
     shape = (10, 30) if dense else (300,)
-    targets = _labels(kind, classes, shape, rng)
+    targets = draw_labels(kind, classes, shape, rng)
     if ignore_class == -1:
         targets = np.where(rng.random(shape) < 0.25, -1, targets)
     weights = rng.uniform(0.3, 3.0, classes) if class_weight else None
@@ -102,11 +97,11 @@ def test_sparse_categorical(
     def loss_at(bias: np.ndarray) -> float:
         return _value(loss, targets, _constant(bias, (*shape, classes)), **kwargs)
 
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
-    _check_optimal(loss_at, plan.bias, rng)
+    assert_close(loss_at(plan.bias), plan.expected_loss)
+    assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
+    check_optimal(loss_at, plan.bias, rng, draws=3)
     per_sample = _per_sample(loss, targets, _constant(plan.bias, (*shape, classes)), **kwargs)
-    _assert_close(float(per_sample[kept].std()), plan.loss_std)
+    assert_close(float(per_sample[kept].std()), plan.loss_std)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -118,7 +113,7 @@ def test_categorical(seed: int, targets_kind: str, dense: bool, smoothing: float
     classes = 4
     shape = (8, 25) if dense else (250,)
     if targets_kind == "one_hot":
-        targets = np.eye(classes)[_labels("imbalanced", classes, shape, rng)]
+        targets = np.eye(classes)[draw_labels("imbalanced", classes, shape, rng)]
     else:
         targets = rng.dirichlet(np.linspace(0.3, 3.0, classes), size=shape)
     plan = initguard.plan(targets, "cross_entropy", label_smoothing=smoothing, class_axis=-1)
@@ -126,19 +121,12 @@ def test_categorical(seed: int, targets_kind: str, dense: bool, smoothing: float
         from_logits=True, label_smoothing=smoothing, dtype="float64"
     )
 
-    def loss_at(bias: np.ndarray) -> float:
-        return _value(loss, targets, _constant(bias, targets.shape))
-
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
-    _check_optimal(loss_at, plan.bias, rng)
-    per_sample = _per_sample(loss, targets, _constant(plan.bias, targets.shape))
-    _assert_close(float(per_sample.std()), plan.loss_std)
+    _assert_plan_matches(loss, targets, plan, rng)
 
 
 def test_categorical_class_weight_one_hot_and_sum() -> None:
     rng = np.random.default_rng(4)
-    labels = _labels("imbalanced", 3, (400,), rng)
+    labels = draw_labels("imbalanced", 3, (400,), rng)
     weights = np.array([1.0, 2.5, 6.0])
     plan = initguard.plan(
         np.eye(3)[labels], "cross_entropy", class_weight=weights, label_smoothing=0.2
@@ -147,12 +135,12 @@ def test_categorical_class_weight_one_hot_and_sum() -> None:
     measured = _value(
         loss, np.eye(3)[labels], _constant(plan.bias, (400, 3)), sample_weight=weights[labels]
     )
-    _assert_close(measured, plan.expected_loss)
+    assert_close(measured, plan.expected_loss)
 
     summed = initguard.plan(labels, "cross_entropy", reduction="sum")
     loss = losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum", dtype="float64")
     measured = _value(loss, labels, _constant(summed.bias, (400, 3)))
-    _assert_close(measured, summed.batch_expectation(400)[0])
+    assert_close(measured, summed.batch_expectation(400)[0])
 
 
 # ----------------------------------------------------------------------------
@@ -185,12 +173,12 @@ def test_binary(seed: int, kind: str, dense: bool, smoothing: float) -> None:
     def loss_at(bias: np.ndarray) -> float:
         return _value(loss, targets, _constant(bias, shape))
 
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(4)), plan.zero_bias_loss)
+    assert_close(loss_at(plan.bias), plan.expected_loss)
+    assert_close(loss_at(np.zeros(4)), plan.zero_bias_loss)
     if kind != "unseen" or smoothing > 0:  # an always-0 output is clipped, not optimal
-        _check_optimal(loss_at, plan.bias, rng)
+        check_optimal(loss_at, plan.bias, rng, draws=3)
     per_sample = _per_sample(loss, targets, _constant(plan.bias, shape))
-    _assert_close(float(per_sample.std()), plan.loss_std)
+    assert_close(float(per_sample.std()), plan.loss_std)
     assert plan.units_per_row == (42 if dense else 1)
 
 
@@ -224,12 +212,12 @@ def test_binary_focal(
     # and its cross-entropy is exact; on the torch backend it works from the
     # probability clipped to [1e-7, 1 - 1e-7], which moves values by ~1e-6.
     rtol = 1e-5 if keras.backend.backend() == "torch" else RTOL
-    _assert_close(loss_at(plan.bias), plan.expected_loss, rtol)
-    _assert_close(loss_at(np.zeros(3)), plan.zero_bias_loss, rtol)
+    assert_close(loss_at(plan.bias), plan.expected_loss, rtol)
+    assert_close(loss_at(np.zeros(3)), plan.zero_bias_loss, rtol)
     if kind != "unseen" or smoothing > 0:
-        _check_optimal(loss_at, plan.bias, rng)
+        check_optimal(loss_at, plan.bias, rng, draws=3)
     per_sample = _per_sample(loss, targets, _constant(plan.bias, shape))
-    _assert_close(float(per_sample.std()), plan.loss_std, rtol)
+    assert_close(float(per_sample.std()), plan.loss_std, rtol)
 
 
 def test_binary_focal_dense_map() -> None:
@@ -248,7 +236,7 @@ def test_binary_focal_dense_map() -> None:
     )
     rtol = 1e-5 if keras.backend.backend() == "torch" else RTOL  # see test_binary_focal
     measured = _value(loss, targets, _constant(plan.bias, targets.shape))
-    _assert_close(measured, plan.expected_loss, rtol)
+    assert_close(measured, plan.expected_loss, rtol)
     assert plan.units_per_row == 30
 
 
@@ -265,7 +253,7 @@ def test_categorical_focal(
     if kind == "soft":
         targets = rng.dirichlet(np.linspace(0.3, 3.0, classes), size=300)
     else:
-        targets = np.eye(classes)[_labels(kind, classes, (300,), rng)]
+        targets = np.eye(classes)[draw_labels(kind, classes, (300,), rng)]
     alpha_value = rng.uniform(0.2, 1.0, classes) if alpha == "per_class" else alpha
     plan = initguard.plan(
         targets, "softmax_focal", alpha=alpha_value, gamma=gamma, label_smoothing=smoothing
@@ -278,23 +266,16 @@ def test_categorical_focal(
         dtype="float64",
     )
 
-    def loss_at(bias: np.ndarray) -> float:
-        return _value(loss, targets, _constant(bias, targets.shape))
-
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
-    _check_optimal(loss_at, plan.bias, rng)
-    per_sample = _per_sample(loss, targets, _constant(plan.bias, targets.shape))
-    _assert_close(float(per_sample.std()), plan.loss_std)
+    _assert_plan_matches(loss, targets, plan, rng)
 
 
 def test_categorical_focal_class_indices_and_sequences() -> None:
     rng = np.random.default_rng(9)
-    labels = _labels("imbalanced", 6, (12, 20), rng)
+    labels = draw_labels("imbalanced", 6, (12, 20), rng)
     plan = initguard.plan(labels, "softmax_focal", num_classes=6, gamma=2.0)
     loss = losses.CategoricalFocalCrossentropy(gamma=2.0, from_logits=True, dtype="float64")
     measured = _value(loss, np.eye(6)[labels], _constant(plan.bias, (12, 20, 6)))
-    _assert_close(measured, plan.expected_loss)
+    assert_close(measured, plan.expected_loss)
     assert plan.units_per_row == 20
 
 
@@ -325,11 +306,11 @@ def test_kl_divergence(seed: int, dense: bool, zeros: bool) -> None:
     def loss_at(bias: np.ndarray) -> float:
         return _value(loss, targets, _constant(_softmax(bias), targets.shape))
 
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
-    _check_optimal(loss_at, plan.bias, rng)
+    assert_close(loss_at(plan.bias), plan.expected_loss)
+    assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
+    check_optimal(loss_at, plan.bias, rng, draws=3)
     per_sample = _per_sample(loss, targets, _constant(_softmax(plan.bias), targets.shape))
-    _assert_close(float(per_sample.std()), plan.loss_std)
+    assert_close(float(per_sample.std()), plan.loss_std)
 
 
 def test_kl_divergence_summed_over_a_dense_batch() -> None:
@@ -340,7 +321,7 @@ def test_kl_divergence_summed_over_a_dense_batch() -> None:
     )
     loss = losses.KLDivergence(reduction="sum", dtype="float64")
     measured = _value(loss, targets, _constant(_softmax(plan.bias), targets.shape))
-    _assert_close(measured, plan.batch_expectation(5)[0])
+    assert_close(measured, plan.batch_expectation(5)[0])
     assert plan.units_per_row == 12
 
 

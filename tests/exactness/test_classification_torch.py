@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from exactness_kit import RTOL, assert_close, check_optimal, draw_labels
 
 import initguard
 
@@ -21,7 +22,6 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-RTOL = 1e-6
 SEEDS = (0, 1)
 
 
@@ -36,32 +36,10 @@ def _constant_logits(bias: np.ndarray, shape: tuple[int, ...], axis: int = 1) ->
     return _tensor(bias).reshape(view).expand(shape).clone()
 
 
-def _labels(kind: str, classes: int, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
-    """Seeded class indices from one of several class distributions."""
-    if kind == "balanced":
-        probs = np.full(classes, 1.0 / classes)
-    elif kind == "imbalanced":
-        probs = 0.5 ** np.arange(classes)
-    else:  # "unseen": the last class never occurs
-        probs = np.r_[rng.uniform(0.5, 1.5, classes - 1), 0.0]
-    return rng.choice(classes, size=shape, p=probs / probs.sum())
-
-
 def _soft(classes: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Probability rows (classes along axis 1) drawn from a Dirichlet."""
     rows = rng.dirichlet(np.linspace(0.3, 3.0, classes), size=shape)
     return np.moveaxis(rows, -1, 1)
-
-
-def _assert_close(actual: float, expected: float, rtol: float = RTOL) -> None:
-    assert actual == pytest.approx(expected, rel=rtol, abs=1e-12)
-
-
-def _check_optimal(loss_at: Any, bias: np.ndarray, rng: np.random.Generator) -> None:
-    best = loss_at(bias)
-    for _ in range(4):
-        nudged = bias + rng.normal(0.0, 0.05, size=bias.shape)
-        assert loss_at(nudged) >= best - 1e-12
 
 
 def _ratio_std(losses: np.ndarray, weights: np.ndarray) -> float:
@@ -98,7 +76,7 @@ def test_cross_entropy_indices(
     rng = np.random.default_rng(seed)
     classes = 5
     shape = INDEX_SHAPES[shape_name]
-    targets = _labels(kind, classes, shape, rng)
+    targets = draw_labels(kind, classes, shape, rng)
     options = dict(options)
     if options.get("weight") == "random":
         options["weight"] = rng.uniform(0.2, 3.0, classes)
@@ -118,9 +96,9 @@ def test_cross_entropy_indices(
         return float(criterion(_constant_logits(bias, logits_shape), target))
 
     expected = plan.batch_expectation(shape[0])[0]
-    _assert_close(loss_at(plan.bias), expected)
-    _assert_close(loss_at(np.zeros(classes)), plan.batch_expectation(shape[0])[1])
-    _check_optimal(loss_at, plan.bias, rng)
+    assert_close(loss_at(plan.bias), expected)
+    assert_close(loss_at(np.zeros(classes)), plan.batch_expectation(shape[0])[1])
+    check_optimal(loss_at, plan.bias, rng)
     assert plan.units_per_row == pytest.approx(plan.samples / shape[0])
 
     # The spread of torch's own per-sample losses (ignored positions left out).
@@ -130,11 +108,11 @@ def test_cross_entropy_indices(
     kept = targets != options.get("ignore_index", -100)
     losses = per_sample[kept]
     if options.get("reduction") == "sum":
-        _assert_close(float(losses.std()), plan.sum_std)
+        assert_close(float(losses.std()), plan.sum_std)
     elif weight is not None:
-        _assert_close(_ratio_std(losses, np.asarray(weight)[targets[kept]]), plan.loss_std)
+        assert_close(_ratio_std(losses, np.asarray(weight)[targets[kept]]), plan.loss_std)
     else:
-        _assert_close(float(losses.std()), plan.loss_std)
+        assert_close(float(losses.std()), plan.loss_std)
 
 
 @pytest.mark.parametrize("kind", ["balanced", "imbalanced", "unseen"])
@@ -142,7 +120,7 @@ def test_cross_entropy_indices(
 def test_nll_after_log_softmax(kind: str, weighted: bool) -> None:
     rng = np.random.default_rng(7)
     classes = 6
-    targets = _labels(kind, classes, (500,), rng)
+    targets = draw_labels(kind, classes, (500,), rng)
     targets[::9] = 3  # a fixed ignore value among real labels
     weight = rng.uniform(0.5, 2.0, classes) if weighted else None
     plan = initguard.plan(
@@ -154,9 +132,9 @@ def test_nll_after_log_softmax(kind: str, weighted: bool) -> None:
         logits = _constant_logits(bias, (500, classes))
         return float(criterion(F.log_softmax(logits, dim=1), torch.as_tensor(targets)))
 
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
-    _check_optimal(loss_at, plan.bias, rng)
+    assert_close(loss_at(plan.bias), plan.expected_loss)
+    assert_close(loss_at(np.zeros(classes)), plan.zero_bias_loss)
+    check_optimal(loss_at, plan.bias, rng)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -184,15 +162,15 @@ def test_cross_entropy_probabilities(seed: int, dense: bool, options: dict[str, 
         return float(criterion(_constant_logits(bias, targets.shape), _tensor(targets)))
 
     rows = targets.shape[0]
-    _assert_close(loss_at(plan.bias), plan.batch_expectation(rows)[0])
-    _assert_close(loss_at(np.zeros(classes)), plan.batch_expectation(rows)[1])
-    _check_optimal(loss_at, plan.bias, rng)
+    assert_close(loss_at(plan.bias), plan.batch_expectation(rows)[0])
+    assert_close(loss_at(np.zeros(classes)), plan.batch_expectation(rows)[1])
+    check_optimal(loss_at, plan.bias, rng)
 
     per_sample = nn.CrossEntropyLoss(**{**torch_options, "reduction": "none"})(
         _constant_logits(plan.bias, targets.shape), _tensor(targets)
     )
     spread = plan.sum_std if options.get("reduction") == "sum" else plan.loss_std
-    _assert_close(float(per_sample.numpy().std()), spread)
+    assert_close(float(per_sample.numpy().std()), spread)
 
 
 def test_gpt2_vocabulary_is_exact_and_fast() -> None:
@@ -207,7 +185,7 @@ def test_gpt2_vocabulary_is_exact_and_fast() -> None:
     logits = _constant_logits(plan.bias, (1, 50304, 128))
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total = sum(float(criterion(logits, torch.as_tensor(row[None]))) for row in tokens)
-    _assert_close(total / tokens.size, plan.expected_loss)
+    assert_close(total / tokens.size, plan.expected_loss)
 
 
 # ----------------------------------------------------------------------------
@@ -270,10 +248,10 @@ def test_bce_with_logits(seed: int, kind: str, shape_name: str, options: dict[st
     def loss_at(bias: np.ndarray) -> float:
         return float(criterion(_binary_logits(bias, shape), _tensor(targets)))
 
-    _assert_close(loss_at(plan.bias), plan.batch_expectation(shape[0])[0])
-    _assert_close(loss_at(np.zeros(outputs)), plan.batch_expectation(shape[0])[1])
+    assert_close(loss_at(plan.bias), plan.batch_expectation(shape[0])[0])
+    assert_close(loss_at(np.zeros(outputs)), plan.batch_expectation(shape[0])[1])
     if kind != "unseen":  # an always-0 output is clipped, not optimal
-        _check_optimal(loss_at, plan.bias, rng)
+        check_optimal(loss_at, plan.bias, rng)
 
     per_element = nn.BCEWithLogitsLoss(**{**torch_options, "reduction": "none"})(
         _binary_logits(plan.bias, shape), _tensor(targets)
@@ -281,7 +259,7 @@ def test_bce_with_logits(seed: int, kind: str, shape_name: str, options: dict[st
     per_unit = np.moveaxis(per_element, 1, -1).mean(axis=-1) if len(shape) > 1 else per_element
     spread = plan.sum_std if options.get("reduction") == "sum" else plan.loss_std
     scale = outputs if options.get("reduction") == "sum" else 1
-    _assert_close(float(per_unit.std()) * scale, spread)
+    assert_close(float(per_unit.std()) * scale, spread)
 
 
 @pytest.mark.parametrize("kind", ["balanced", "imbalanced", "soft"])
@@ -295,11 +273,11 @@ def test_bce_after_sigmoid_and_multilabel_soft_margin(kind: str) -> None:
     zero = torch.zeros(shape, dtype=torch.float64)
 
     bce = nn.BCELoss(weight=_tensor(weight))
-    _assert_close(float(bce(torch.sigmoid(logits), _tensor(targets))), plan.expected_loss)
-    _assert_close(float(bce(torch.sigmoid(zero), _tensor(targets))), plan.zero_bias_loss)
+    assert_close(float(bce(torch.sigmoid(logits), _tensor(targets))), plan.expected_loss)
+    assert_close(float(bce(torch.sigmoid(zero), _tensor(targets))), plan.zero_bias_loss)
     margin = nn.MultiLabelSoftMarginLoss(weight=_tensor(weight))
-    _assert_close(float(margin(logits, _tensor(targets))), plan.expected_loss)
-    _assert_close(float(margin(zero, _tensor(targets))), plan.zero_bias_loss)
+    assert_close(float(margin(logits, _tensor(targets))), plan.expected_loss)
+    assert_close(float(margin(zero, _tensor(targets))), plan.zero_bias_loss)
 
 
 @pytest.mark.parametrize("prior", [0.01, [0.3, 0.05, 0.5]])
@@ -312,7 +290,7 @@ def test_bce_prior_is_written_and_evaluated(prior: Any) -> None:
     np.testing.assert_allclose(1 / (1 + np.exp(-plan.bias)), np.broadcast_to(prior, (3,)))
     criterion = nn.BCEWithLogitsLoss(pos_weight=_tensor([2.0] * 3))
     logits = _constant_logits(plan.bias, (300, 3))
-    _assert_close(float(criterion(logits, _tensor(targets))), plan.expected_loss)
+    assert_close(float(criterion(logits, _tensor(targets))), plan.expected_loss)
     assert "prior" in plan.notes[0]
 
 
@@ -345,10 +323,10 @@ def test_kl_div(seed: int, reduction: str, log_target: bool, dense: bool, zeros:
             return float(criterion(F.log_softmax(logits, dim=1), _tensor(given)))
 
     rows = targets.shape[0]
-    _assert_close(loss_at(plan.bias), plan.batch_expectation(rows)[0])
-    _assert_close(loss_at(np.zeros(classes)), plan.batch_expectation(rows)[1])
+    assert_close(loss_at(plan.bias), plan.batch_expectation(rows)[0])
+    assert_close(loss_at(np.zeros(classes)), plan.batch_expectation(rows)[1])
     if not (zeros and not log_target):
-        _check_optimal(loss_at, plan.bias, rng)
+        check_optimal(loss_at, plan.bias, rng)
 
     per_element = nn.KLDivLoss(reduction="none", log_target=log_target)(
         F.log_softmax(_constant_logits(plan.bias, targets.shape), dim=1), _tensor(given)
@@ -356,7 +334,7 @@ def test_kl_div(seed: int, reduction: str, log_target: bool, dense: bool, zeros:
     per_sample = per_element.sum(axis=1)
     scale = {"mean": 1 / classes, "batchmean": plan.units_per_row, "sum": 1.0}[reduction]
     spread = plan.sum_std if reduction == "sum" else plan.loss_std
-    _assert_close(float(per_sample.std()) * scale, spread)
+    assert_close(float(per_sample.std()) * scale, spread)
 
 
 # ----------------------------------------------------------------------------
@@ -390,8 +368,8 @@ def test_sigmoid_focal(seed: int, kind: str, alpha: float | None, gamma: float) 
         logits = _constant_logits(bias, shape)
         return float(_torchvision_focal(logits, _tensor(targets), alpha, gamma))
 
-    _assert_close(loss_at(plan.bias), plan.expected_loss)
-    _assert_close(loss_at(np.zeros(4)), plan.zero_bias_loss)
+    assert_close(loss_at(plan.bias), plan.expected_loss)
+    assert_close(loss_at(np.zeros(4)), plan.zero_bias_loss)
     live = slice(0, 3) if kind == "unseen" else slice(0, 4)
     for _ in range(4):
         nudged = plan.bias.copy()
@@ -403,7 +381,7 @@ def test_sigmoid_focal(seed: int, kind: str, alpha: float | None, gamma: float) 
     per_element = _torchvision_focal(
         _constant_logits(plan.bias, shape), _tensor(targets), alpha, gamma, "none"
     )
-    _assert_close(float(per_element.numpy().mean(axis=1).std()), plan.loss_std)
+    assert_close(float(per_element.numpy().mean(axis=1).std()), plan.loss_std)
 
 
 def test_sigmoid_focal_dense_map() -> None:
@@ -412,7 +390,7 @@ def test_sigmoid_focal_dense_map() -> None:
     plan = initguard.plan(targets, "sigmoid_focal", alpha=0.25, gamma=2.0, reduction="sum")
     logits = _constant_logits(plan.bias, targets.shape)
     measured = float(_torchvision_focal(logits, _tensor(targets), 0.25, 2.0, "sum"))
-    _assert_close(measured, plan.batch_expectation(4)[0])
+    assert_close(measured, plan.batch_expectation(4)[0])
     assert plan.units_per_row == 64
 
 
