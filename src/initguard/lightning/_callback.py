@@ -11,7 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
-from torch.utils.data import IterableDataset, TensorDataset, default_collate, default_convert
+from torch.utils.data import IterableDataset
 from typing_extensions import override
 
 from .._check import skipped
@@ -403,12 +403,7 @@ class InitGuard(GuardViews, Callback):
             else:
                 args, kwargs = (example,), {}
         else:
-            batch = _sample_rows(loader)
-            if batch is None:
-                batch = _targets.first_rows(loader)
-            if batch is None:
-                with _targets.untouched_randomness(loader):
-                    batch = next(iter(loader))
+            batch = _targets.first_batch(loader)
             args, kwargs = _targets.inputs_of_batch(batch)
 
         precision = trainer.precision_plugin
@@ -641,19 +636,6 @@ class InitGuard(GuardViews, Callback):
 
 _MIN_SPREAD_ROWS = 8
 _SPREAD_ROWS = 64
-
-
-def _sample_rows(loader: Any) -> Any:
-    """Up to 64 rows of a plain TensorDataset served by torch's collation, else None.
-
-    More than the two rows tracing needs, so the head's spread is measured
-    on enough samples; the loader itself is not iterated.
-    """
-    dataset = getattr(loader, "dataset", None)
-    collate = getattr(loader, "collate_fn", None)
-    if type(dataset) is not TensorDataset or collate not in (default_collate, default_convert):
-        return None
-    return tuple(t[:_SPREAD_ROWS] for t in dataset.tensors)
 
 
 def _deviations(

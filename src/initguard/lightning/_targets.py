@@ -107,12 +107,17 @@ def untouched_randomness(loader: Any) -> Iterator[None]:
                 generator.set_state(state)
 
 
+# Rows taken straight from a TensorDataset for tracing: enough to measure the
+# spread of a fresh head's outputs, few enough to cost nothing.
+TRACE_ROWS = 64
+
+
 def first_batch(loader: DataLoader[Any]) -> Any:
     """A small batch of what training sees, to trace the model's output layer with.
 
-    A TensorDataset served with torch's default collation gives its first two
-    rows without iterating the loader; any other loader gives its first
-    batch, drawn with the loader's randomness restored afterwards.
+    A TensorDataset served with torch's default collation gives its first
+    ``TRACE_ROWS`` rows without iterating the loader; any other loader gives
+    its first batch, drawn with the loader's randomness restored afterwards.
 
     Raises:
         InvalidInputError: the loader yields nothing, or its dataset is an
@@ -121,7 +126,7 @@ def first_batch(loader: DataLoader[Any]) -> Any:
     dataset = loader.dataset
     if _serves_as_stored(loader) is None and _plain_getitem(dataset, TensorDataset):
         assert isinstance(dataset, TensorDataset)
-        return tuple(t[:2] for t in dataset.tensors)
+        return tuple(t[:TRACE_ROWS] for t in dataset.tensors)
     refuse_stream(loader)
     with untouched_randomness(loader):
         batch = next(iter(loader), _NOTHING)
@@ -132,9 +137,6 @@ def first_batch(loader: DataLoader[Any]) -> Any:
         )
     return batch
 
-
-# The name the callback calls (it never returns None).
-first_rows = first_batch
 
 _NOTHING = object()
 
