@@ -320,9 +320,17 @@ def test_an_all_ignored_batch_has_no_exact_loss():
 
 
 def test_spread_excess_is_exact_for_squared_error(rng):
-    plan = initguard.plan(rng.normal(3.0, 2.0, size=500), "mse")
+    torch = pytest.importorskip("torch")
+    targets = rng.normal(3.0, 2.0, size=500)
+    plan = initguard.plan(targets, "mse")
     deviations = rng.normal(0.0, 0.7, size=(64, 1))
+    # The real mean loss when every sample's output is the bias plus one of
+    # the deviations, each deviation applied to every target.
+    y = torch.tensor(targets)
+    outputs = torch.tensor(plan.bias[0] + deviations)  # [64, 1] broadcast over the targets
+    measured = torch.nn.MSELoss()(outputs.expand(64, 500), y.expand(64, 500)).item()
 
+    assert plan.spread_excess(deviations) == pytest.approx(measured - plan.expected_loss)
     assert plan.spread_excess(deviations) == pytest.approx(float(np.mean(deviations**2)))
 
 
